@@ -1,0 +1,91 @@
+"""The one exploration scheme of the system (DESIGN.md, "Exploration and propensities").
+
+With probability ``epsilon`` a request shows a uniformly random permutation of its ``n``
+candidates, otherwise the greedy ranking. The logging probability of entry ``i`` at position
+``p`` is then::
+
+    propensity = (1 - epsilon) * [greedy puts i at p] + epsilon / n
+
+The simulator's logging policy and the server call the same functions, so both log exact
+propensities. Everything works on *ragged groups*: candidates of many requests laid end to end,
+``group`` giving each candidate's request index (0..n_groups-1), so a batch of requests is ranked
+with two sorts and no Python loop per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Per-candidate ranking outcome, aligned with the input candidates.
+
+    Attributes
+    ----------
+    greedy_rank : (N,) int32, the candidate's position in its group's greedy ranking.
+    shown_rank : (N,) int32, the position actually shown (== greedy_rank unless explored).
+    group_size : (N,) int32, n: the number of candidates in the candidate's group.
+    explored : (N,) bool, whether the candidate's request explored.
+    """
+
+    greedy_rank: np.ndarray
+    shown_rank: np.ndarray
+    group_size: np.ndarray
+    explored: np.ndarray
+
+    def propensity(self, epsilon: float) -> np.ndarray:
+        return propensity(self.greedy_rank, self.shown_rank, self.group_size, epsilon)
+
+
+def propensity(greedy_rank: np.ndarray, shown_rank: np.ndarray, n: np.ndarray, epsilon: float) -> np.ndarray:
+    """Logging probability of each entry at the position it was shown."""
+    greedy_here = (greedy_rank == shown_rank).astype(np.float64)
+    return (1.0 - epsilon) * greedy_here + epsilon / n.astype(np.float64)
+
+
+def rank_within_groups(group: np.ndarray, key: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+    """0-based rank of each element within its group, ascending by ``key`` then ``tiebreak``.
+
+    ``group`` must be non-decreasing (candidates of one request contiguous).
+    """
+    order = np.lexsort((tiebreak, key, group))
+    sorted_group = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    sizes = np.diff(np.r_[starts, len(group)])
+    rank_sorted = np.arange(len(group)) - np.repeat(starts, sizes)
+    rank = np.empty(len(group), dtype=np.int32)
+    rank[order] = rank_sorted
+    return rank
+
+
+def explore_rank(
+    group: np.ndarray,
+    greedy_score: np.ndarray,
+    entity_id: np.ndarray,
+    explore: np.ndarray,
+    rng: np.random.Generator,
+) -> Ranked:
+    """Rank ragged groups greedily (descending score, ties by ascending id), or at random
+    for the groups whose ``explore`` flag is set.
+
+    Parameters
+    ----------
+    group : (N,) int, non-decreasing request index of each candidate.
+    greedy_score : (N,) float, higher is better.
+    entity_id : (N,) int, tie-break so greedy ranking is deterministic.
+    explore : (n_groups,) bool, whether each request explores.
+    rng : source of the random permutations.
+    """
+    if len(group) and np.any(np.diff(group) < 0):
+        raise ValueError("group must be non-decreasing (each request's candidates contiguous)")
+    greedy_rank = rank_within_groups(group, -np.asarray(greedy_score, dtype=np.float64), entity_id)
+    explored = explore[group]
+    # Explored groups sort by a uniform key: a uniformly random permutation of the group.
+    random_key = rng.random(len(group))
+    shown_key = np.where(explored, random_key, greedy_rank.astype(np.float64))
+    shown_rank = rank_within_groups(group, shown_key, entity_id)
+    sizes = np.bincount(group, minlength=len(explore)).astype(np.int32)
+    return Ranked(greedy_rank, shown_rank, sizes[group], explored)
