@@ -1,0 +1,8 @@
+# Shortcuts; the scripts are what the README and CI call.
+.PHONY: demo test bench lint
+demo:
+	bash scripts/demo.sh
+test:
+	bash scripts/test.sh -q
+bench:
+	bash scripts/bootstrap.sh && OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks

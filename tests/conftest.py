@@ -1,0 +1,76 @@
+"""Session-wide fixtures: one tiny simulated world and one Redis per test session, shared.
+
+Redis: scripts/test.sh starts a throwaway server and exports RECSYS_TEST_REDIS. Run directly with
+pytest, the fixture starts its own `redis-server` on a free port when the binary is on PATH, and
+otherwise fails with a message saying how to get one: Redis tests always run, never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from recsys.config import Config, load_config  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis server for the session: RECSYS_TEST_REDIS, or one started here."""
+    url = os.environ.get("RECSYS_TEST_REDIS")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("Redis is required: run the tests with `bash scripts/test.sh` (installs and starts it) "
+                    "or put redis-server on PATH, or set RECSYS_TEST_REDIS=redis://host:port")
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="recsys-redis-")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def tiny_config(data_dir: Path, **changes) -> Config:
+    """The configuration of the tests' tiny world, rooted at data_dir."""
+    base = load_config(environ={}, data_dir=data_dir, seed=7)
+    sim = {"size": "tiny", **changes.pop("sim", {})}
+    return base.with_overrides(sim=sim, **changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Config:
+    """One tiny simulated world for the whole session (raw tables + truth). Read-only for tests."""
+    from recsys.simulation.run import simulate
+
+    config = tiny_config(tmp_path_factory.mktemp("tiny_world"))
+    simulate(config)
+    return config

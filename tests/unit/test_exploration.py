@@ -1,0 +1,48 @@
+"""The exploration scheme: exact propensities (DESIGN.md)."""
+
+import numpy as np
+
+from recsys.ranking.exploration import explore_rank, propensity, rank_within_groups
+
+
+def test_rank_within_groups_orders_each_group_by_key_then_tiebreak():
+    group = np.array([0, 0, 0, 1, 1])
+    key = np.array([3.0, 1.0, 1.0, 5.0, 2.0])
+    tiebreak = np.array([10, 12, 11, 0, 1])
+    assert rank_within_groups(group, key, tiebreak).tolist() == [2, 1, 0, 1, 0]
+
+
+def test_greedy_requests_show_the_greedy_ranking_with_propensity_one_minus_eps_plus_eps_over_n():
+    group = np.array([0, 0, 0])
+    ranked = explore_rank(group, np.array([0.1, 0.9, 0.5]), np.array([7, 8, 9]),
+                          np.array([False]), np.random.default_rng(0))
+    assert ranked.shown_rank.tolist() == [2, 0, 1]
+    np.testing.assert_allclose(ranked.propensity(0.3), 0.7 + 0.3 / 3)
+
+
+def test_logged_propensities_match_empirical_frequencies_of_100k_draws():
+    """Draw the logging policy 100k times for one request of 6 candidates; every (entry,
+    position) frequency agrees with its logged propensity within 4 standard errors."""
+    n, draws, eps = 6, 100_000, 0.25
+    rng = np.random.default_rng(42)
+    scores = rng.random(n)
+    group = np.repeat(np.arange(draws), n)
+    ranked = explore_rank(group, np.tile(scores, draws), np.tile(np.arange(n), draws),
+                          rng.random(draws) < eps, rng)
+    entity = np.tile(np.arange(n), draws)
+    counts = np.zeros((n, n))
+    np.add.at(counts, (entity, ranked.shown_rank), 1)
+    freq = counts / draws
+    logged = np.zeros((n, n))
+    logged[entity, ranked.shown_rank] = ranked.propensity(eps)  # the same value for every draw
+    greedy_rank = ranked.greedy_rank[:n]
+    expected = np.full((n, n), eps / n)
+    expected[np.arange(n), greedy_rank] += 1 - eps
+    np.testing.assert_allclose(logged[counts > 0], expected[counts > 0])
+    se = np.sqrt(expected * (1 - expected) / draws)
+    assert np.all(np.abs(freq - expected) < 4 * se + 1e-12)
+
+
+def test_propensity_is_eps_over_n_off_the_greedy_position():
+    p = propensity(np.array([0, 1]), np.array([1, 1]), np.array([4, 4]), 0.2)
+    np.testing.assert_allclose(p, [0.05, 0.85])
