@@ -46,3 +46,17 @@ def test_logged_propensities_match_empirical_frequencies_of_100k_draws():
 def test_propensity_is_eps_over_n_off_the_greedy_position():
     p = propensity(np.array([0, 1]), np.array([1, 1]), np.array([4, 4]), 0.2)
     np.testing.assert_allclose(p, [0.05, 0.85])
+
+
+def test_fast_ranking_path_equals_lexsort_on_random_ragged_groups():
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        sizes = rng.integers(1, 8, rng.integers(1, 20))
+        group = np.repeat(np.arange(len(sizes)), sizes)
+        key = rng.integers(0, 3, len(group)).astype(float)  # many ties
+        tiebreak = rng.integers(0, 5, len(group)) if trial % 2 else np.arange(len(group))
+        order = np.lexsort((tiebreak, key, group))
+        expected = np.empty(len(group), dtype=np.int32)
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        expected[order] = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+        assert rank_within_groups(group, key, tiebreak).tolist() == expected.tolist()
