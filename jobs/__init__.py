@@ -1,0 +1,1 @@
+"""Entry points of scheduled work: the nightly pipeline (and, later, the online updater and sinks)."""
