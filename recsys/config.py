@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsys.errors import ConfigError
+from recsys.training.params import TrainingConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "RECSYS_"
@@ -108,6 +109,7 @@ class Config(_Frozen):
     sim: SimConfig = SimConfig()
     validation: ValidationConfig = ValidationConfig()
     features: FeaturesConfig = FeaturesConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @field_validator("online_store")
     @classmethod

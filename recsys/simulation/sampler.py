@@ -116,19 +116,19 @@ def _log_surface(
             "request_id": request_id[g],
             "ts": pl.Series(ts[g]).cast(pl.Datetime("us", "UTC")),
             "user_id": user[g],
-            "surface": np.full(len(g), surface),
             "restaurant_id": e if is_feed else restaurant[g],
             "item_id": e,
             "position": pos.astype(np.int16),
             "propensity": propensity,
-            "policy": np.full(len(g), LOGGING_POLICY),
             "clicked": clicked,
             "ordered": ordered,
             "n_candidates": ranked.group_size[shown],
         },
-        schema=IMPRESSION_SCHEMA,
-    )
-    return frame.with_columns(item_id=pl.lit(None, dtype=pl.Int64)) if is_feed else frame
+        schema={k: v for k, v in IMPRESSION_SCHEMA.items() if k not in ("surface", "policy")},
+    ).with_columns(surface=pl.lit(surface), policy=pl.lit(LOGGING_POLICY))
+    if is_feed:
+        frame = frame.with_columns(item_id=pl.lit(None, dtype=pl.Int64))
+    return frame.select(IMPRESSION_SCHEMA.keys())
 
 
 def sample_impressions(
