@@ -41,10 +41,10 @@ class ClickModel:
     feed_distance: float = 0.35
     menu_bias: float = -2.0
     menu_taste: float = 3.0
-    menu_pop: float = 0.65
+    menu_pop: float = 0.55
     menu_price: float = 0.7
     season: float = 1.0
-    noise_sd: float = 0.6
+    noise_sd: float = 0.3
     exam_eta: float = 0.8
     order_bias: float = -0.9
     order_taste: float = 1.5
