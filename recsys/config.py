@@ -98,6 +98,28 @@ class FeaturesConfig(_Frozen):
     registry_cache_ttl_seconds: int = Field(default=3600, ge=0)
 
 
+class PrecomputeConfig(_Frozen):
+    """Batch predictions: each user's restaurants, each restaurant's candidate items."""
+
+    top_k_restaurants: int = Field(default=50, gt=0)
+    candidate_items_cap: int = Field(default=200, gt=0)
+    # Marketplace geometry: cells are ids on a grid_size x grid_size grid (None: the simulator's).
+    grid_size: int | None = Field(default=None, gt=0)
+    delivery_radius: int = Field(default=2, ge=0)
+    shard_users: int = Field(default=50_000, gt=0)
+
+
+class GateConfig(_Frozen):
+    """The quality gate a candidate model must pass before serving."""
+
+    k: int = Field(default=10, gt=0)
+    # Relative tolerance for regressions against the serving model (overall and per slice).
+    tolerance: float = Field(default=0.03, ge=0.0)
+    slice_tolerance: float = Field(default=0.10, ge=0.0)
+    min_slice_users: int = Field(default=30, gt=0)
+    max_factor_norm: float = Field(default=1e3, gt=0)
+
+
 class Config(_Frozen):
     data_dir: Path = Path("data")
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
@@ -110,6 +132,8 @@ class Config(_Frozen):
     validation: ValidationConfig = ValidationConfig()
     features: FeaturesConfig = FeaturesConfig()
     training: TrainingConfig = TrainingConfig()
+    precompute: PrecomputeConfig = PrecomputeConfig()
+    gate: GateConfig = GateConfig()
 
     @field_validator("online_store")
     @classmethod
@@ -148,6 +172,15 @@ class Config(_Frozen):
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def grid_size(self) -> int:
+        """The marketplace grid (precompute.grid_size, else the simulated world's)."""
+        return self.precompute.grid_size or self.sim.resolved()["grid_size"]
 
     @property
     def uses_redis(self) -> bool:
