@@ -223,3 +223,55 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     """``report.json`` and ``report.html`` in ``out_dir``."""
     out_dir = Path(out_dir)
     return write_json(report, out_dir / "report.json"), write_html(report, out_dir / "report.html")
+
+
+# ---------------------------------------------------------------- validation against the truth
+def plot_agreement(rows: list[dict]) -> str:
+    """Estimated vs true reward per policy, with intervals, on the diagonal when they agree."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    truth = [r["truth"] for r in rows]
+    y, err = _err([{"estimate": r["estimate"], "low": r["low"], "high": r["high"]} for r in rows])
+    ax.errorbar(truth, y, yerr=err, fmt="o", capsize=3)
+    for r in rows:
+        ax.annotate(r["policy"], (r["truth"], r["estimate"]), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    lo, hi = min(truth + y) * 0.9, max(truth + y) * 1.1
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+    ax.set_xlabel("true CTR (simulator)")
+    ax.set_ylabel("SNIPS estimate (offline)")
+    ax.set_title("Offline estimate vs true CTR")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def render_truth_html(summary: dict) -> str:
+    """The page of a validation run: coverage per estimator, the agreement table and plot."""
+    parts = ["<h1>Offline evaluation vs the simulator's ground truth</h1>",
+             f"<p class=headline>{html.escape(summary['headline'])}</p>",
+             f"<p>{html.escape(summary['setup'])}</p>", "<h2>Coverage of the true CTR of the target policy</h2>"]
+    cov_head = ["check", "estimator", "seeds", "coverage", "mean error", "mean SE", "SE of mean error",
+                "mean width", "max width", "width bound"]
+    parts.append(_table(cov_head, [[c["check"], c["estimator"], c["seeds"], c["coverage"], c["mean_error"],
+                                    c["mean_se"], c["se_of_mean_error"], c["mean_width"], c["max_width"],
+                                    c["width_bound"]] for c in summary["coverage"]]))
+    agree = summary["agreement"]
+    parts += [f"<h2>Offline/online agreement (seed {agree['example_seed']})</h2>",
+              (f"<p>Spearman rank correlation, SNIPS estimate vs true CTR: {agree['example_spearman']:.3f} in "
+               f"this world; over {agree['seeds']} worlds: mean {agree['mean_spearman']:.3f}, min "
+               f"{agree['min_spearman']:.3f}, share of worlds &ge; 0.9: {agree['share_at_least_0_9']:.2f}; "
+               f"ranking by the mean over worlds: {agree['pooled_spearman']:.3f}.</p>"),
+              _table(["policy", "true CTR", "SNIPS", "95% low", "95% high", "covered", "rank (truth)",
+                      "rank (SNIPS)", "ESS"],
+                     [[r["policy"], r["truth"], r["estimate"], r["low"], r["high"], "yes" if r["covered"] else "no",
+                       r["rank_truth"], r["rank_estimate"], r["ess"]] for r in agree["example"]]),
+              _img(plot_agreement(agree["example"]), "estimate vs truth"),
+              "<h3>Mean over worlds</h3>",
+              _table(["policy", "mean true CTR", "mean SNIPS", "coverage"],
+                     [[r["policy"], r["truth"], r["estimate"], r["coverage"]] for r in agree["pooled"]])]
+    body = "\n".join(parts)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>Evaluation vs truth</title>"
+            f"<style>{_CSS}</style></head><body>{body}</body></html>")
+
+
+def write_truth_report(summary: dict, json_path: Path, html_path: Path) -> tuple[Path, Path]:
+    """The validation run's JSON and self-contained HTML page."""
+    return write_json(summary, json_path), _atomic_write(html_path, render_truth_html(summary))

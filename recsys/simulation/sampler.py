@@ -74,12 +74,12 @@ def draw_feed_requests(world: World, requests_per_user_day: float, seed: int) ->
     return user[order], ts[order]
 
 
-def _feed_greedy(world: World, truth: GroundTruth, user: np.ndarray, rest: np.ndarray) -> np.ndarray:
+def feed_greedy_score(world: World, truth: GroundTruth, user: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """The legacy production ranking: rating, a popularity estimate, closeness. Not personalised."""
     return world.rest_rating[rest] + 0.3 * world.rest_log_pop[rest] - 0.3 * truth.distance(user, rest)
 
 
-def _menu_greedy(world: World, item: np.ndarray) -> np.ndarray:
+def menu_greedy_score(world: World, item: np.ndarray) -> np.ndarray:
     return MENU_CATEGORY_PRIOR[world.item_category[item]] + 0.3 * world.item_log_pop[item]
 
 
@@ -96,10 +96,10 @@ def _log_surface(
     world = truth.world
     group, entity = truth.candidates(surface, user, ts, restaurant)
     if surface == "feed":
-        greedy = _feed_greedy(world, truth, user[group], entity)
+        greedy = feed_greedy_score(world, truth, user[group], entity)
         slots = settings.feed_slots
     else:
-        greedy = _menu_greedy(world, entity)
+        greedy = menu_greedy_score(world, entity)
         slots = settings.menu_slots
     explore = rng.random(len(request_id)) < settings.epsilon
     ranked = explore_rank(group, greedy, entity, explore, rng)

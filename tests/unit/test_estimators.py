@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from recsys.errors import DataContractError, NotFoundError
-from recsys.evaluation.bootstrap import _TABLE, poisson_weights
+from recsys.evaluation.bootstrap import _TABLE, _THRESHOLDS, poisson_weights
 from recsys.evaluation.columns import ENTITY, EvalOptions
 from recsys.evaluation.compare import compare, exposure, gini
 from recsys.evaluation.estimators import estimate_all
@@ -197,6 +197,12 @@ def test_poisson_weights_have_mean_and_variance_one():
     w = poisson_weights(np.random.default_rng(0), 200, 5000)
     assert w.mean() == pytest.approx(1.0, abs=0.01) and w.var() == pytest.approx(1.0, abs=0.02)
     assert _TABLE.min() == 0 and _TABLE.max() >= 6
+
+
+def test_poisson_threshold_counts_equal_the_quantile_table_at_every_level():
+    levels = np.arange(1 << 16)
+    counts = sum((levels >= t).astype(np.int64) for t in _THRESHOLDS)
+    assert np.array_equal(counts, _TABLE.astype(np.int64))
 
 
 def test_gini_and_exposure():
