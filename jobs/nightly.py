@@ -1,11 +1,21 @@
-"""`recsys nightly`: validate -> features -> apply -> materialize (-> train -> gate -> precompute
--> publish, as those land). Each step is timed and resumable (jobs/runner.py); the run id names
-the raw data it ran on, so the same inputs resume the same run and new inputs start a new one.
+"""`recsys nightly`: validate -> features -> apply -> materialize -> train -> gate -> register
+-> publish. Each step is timed and resumable (jobs/runner.py); the run id names the raw data it
+ran on, so the same inputs resume the same run and new inputs start a new one.
+
+Steps hand over through files in the run directory (``artifacts/``), each written to a temporary
+name and renamed. The model version is derived from the data's end time, the clean data's
+fingerprint and the training configuration, so a re-run names (and idempotently re-commits) the
+same version. A model the gate refuses is registered with its report and status ``refused``,
+never served.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -56,13 +66,138 @@ def step_materialize(config: Config, ctx: RunContext) -> dict[str, Any]:
     return {"end": end.isoformat(), "views": len(windows)}
 
 
+SURFACES = ("feed", "menu")
+
+
+def _artifacts(ctx: RunContext) -> Path:
+    path = ctx.run_dir / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def step_train(config: Config, ctx: RunContext) -> dict[str, Any]:
+    import polars as pl
+
+    from recsys.training.interactions import scan_impressions
+    from recsys.training.train import train_surface
+
+    out = _artifacts(ctx)
+    impressions = scan_impressions(config.clean_dir)
+    tables = {t: pl.read_parquet(config.clean_dir / f"{t}.parquet") for t in ("users", "restaurants", "items")}
+    summary, metrics, popularity, trials = {}, {}, {}, {}
+    for surface in SURFACES:
+        result = train_surface(config, impressions, surface, tables["users"], tables["restaurants"], tables["items"])
+        result.model.save(out / f"{surface}_als.npz")
+        summary[surface] = result.summary()
+        metrics[surface], popularity[surface] = result.metrics, result.popularity
+        trials[surface] = result.search.trials
+    trained_until = max(datetime.fromisoformat(s["end"]) for s in summary.values())
+    _write_json(out / "search.json", trials)
+    _write_json(out / "train.json", {"surfaces": summary, "metrics": metrics, "popularity": popularity,
+                                     "trained_until": trained_until.isoformat()})
+    return {s: {"recall": round(v["recall"], 4), "popularity": round(v["popularity_recall"], 4)}
+            for s, v in summary.items()} | {"trained_until": trained_until.isoformat()}
+
+
+def _serving_record(config: Config) -> dict[str, Any] | None:
+    from recsys.registry import Registry
+
+    registry = Registry.for_config(config).open()
+    pointer = registry.serving()
+    if pointer is None:
+        return None
+    meta = registry.show(pointer.version)
+    return {"version": meta.version, "trained_until": meta.trained_until, "metrics": meta.metrics.get("gate", {})}
+
+
+def step_gate(config: Config, ctx: RunContext) -> dict[str, Any]:
+    from recsys.training.als import ALSModel
+    from recsys.training.gate import run_gate
+
+    out = _artifacts(ctx)
+    train = json.loads((out / "train.json").read_text())
+    factors = {}
+    for surface in SURFACES:
+        model = ALSModel.load(out / f"{surface}_als.npz")
+        factors[f"{surface}.user_factors"] = model.user_factors
+        factors[f"{surface}.entity_factors"] = model.item_factors
+    serving = _serving_record(config)
+    report = run_gate(train["metrics"], train["popularity"], factors,
+                      datetime.fromisoformat(train["trained_until"]), config.gate, serving)
+    _write_json(out / "gate.json", report.to_dict() | {"serving": serving and serving["version"]})
+    return {"passed": report.passed, "summary": report.summary(), "against": serving and serving["version"]}
+
+
+def model_version(config: Config, ctx: RunContext) -> str:
+    from recsys.registry import fingerprint_files, version_id
+
+    train = json.loads((_artifacts(ctx) / "train.json").read_text())
+    data = fingerprint_files(sorted(config.clean_dir.glob("*.parquet")))
+    settings = hashlib.sha256(json.dumps(config.training.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return version_id(datetime.fromisoformat(train["trained_until"]), data, settings, str(config.seed))
+
+
+def step_register(config: Config, ctx: RunContext) -> dict[str, Any]:
+    from recsys.registry import Registry, code_version, feature_definitions_hash, fingerprint_files
+
+    out = _artifacts(ctx)
+    train = json.loads((out / "train.json").read_text())
+    gate = json.loads((out / "gate.json").read_text())
+    version = model_version(config, ctx)
+    registry = Registry.for_config(config).open()
+    if registry.exists(version):
+        return {"version": version, "status": registry.show(version).status, "new": False}
+    with registry.stage(version) as area:
+        for path in sorted(out.iterdir()):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                shutil.copyfile(path, area.artifact(path.name))
+        meta = area.commit(
+            trained_until=datetime.fromisoformat(train["trained_until"]),
+            data_fingerprint=fingerprint_files(sorted(config.clean_dir.glob("*.parquet"))),
+            feature_definitions_hash=feature_definitions_hash(config.feature_repo),
+            params={s: v["params"] for s, v in train["surfaces"].items()},
+            metrics={**{f"{s}_recall@{config.gate.k}": m["overall"]["recall"] for s, m in train["metrics"].items()},
+                     "gate": train["metrics"], "popularity": train["popularity"]},
+            gate=gate,
+            status="candidate" if gate["passed"] else "refused",
+            status_reason="" if gate["passed"] else "; ".join(gate["reasons"]),
+            code_version=code_version(),
+        )
+    return {"version": version, "status": meta.status, "new": True}
+
+
+def step_publish(config: Config, ctx: RunContext) -> dict[str, Any]:
+    from recsys.registry import Registry
+    from recsys.registry.publish import publish_version
+
+    version = ctx.results["register"]["version"]
+    registry = Registry.for_config(config).open()
+    if registry.show(version).status == "refused":
+        serving = registry.serving()
+        return {"published": False, "serving": serving and serving.version, "reason": "refused by the gate"}
+    pointer = registry.promote(version, "nightly", publish=lambda v: publish_version(config, v))
+    return {"published": True, "serving": pointer.version, "generation": pointer.generation}
+
+
 STEPS = [
     Step("validate", step_validate, "data contracts, quarantine, PII"),
     Step("features", step_features, "window stats and profiles (polars)"),
     Step("apply", step_apply, "Feast registry"),
     Step("materialize", step_materialize, "offline -> online store"),
+    Step("train", step_train, "ALS search, evaluation and serving models (implicit)"),
+    Step("gate", step_gate, "quality gate against popularity and the serving model"),
+    Step("register", step_register, "versioned model directory in the registry"),
+    Step("publish", step_publish, "online rows, then the serving pointer"),
 ]
 
 
-def run_nightly(config: Config, console: Console | None = None, resume: bool = True) -> dict[str, Any]:
-    return run_steps(config, "nightly", run_id_for(config), STEPS, console=console, resume=resume)
+def run_nightly(config: Config, console: Console | None = None, resume: bool = True,
+                stop_after: str | None = None) -> dict[str, Any]:
+    return run_steps(config, "nightly", run_id_for(config), STEPS, console=console, resume=resume,
+                     stop_after=stop_after)

@@ -46,9 +46,19 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+class StoppedAfter(Exception):
+    """Raised when a run is asked to stop after a step (``stop_after``): a crash at that boundary."""
+
+
 def run_steps(config: Config, job: str, run_id: str, steps: list[Step], console: Console | None = None,
-              resume: bool = True) -> dict[str, Any]:
-    """Run ``steps`` in order; return (and write as ``summary.json``) the run's summary."""
+              resume: bool = True, stop_after: str | None = None) -> dict[str, Any]:
+    """Run ``steps`` in order; return (and write as ``summary.json``) the run's summary.
+
+    ``stop_after`` ends the run right after that step's marker is written, as a crash there
+    would (raises :class:`StoppedAfter`); running again resumes with the next step.
+    """
+    if stop_after is not None and stop_after not in {s.name for s in steps}:
+        raise ValueError(f"stop_after={stop_after!r}: not a step of {job} ({', '.join(s.name for s in steps)})")
     console = console or Console()
     run_dir = config.data_dir / "runs" / job / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +78,8 @@ def run_steps(config: Config, job: str, run_id: str, steps: list[Step], console:
         ctx.results[step.name] = result
         _write_json(marker, result)
         console.print(f"{label:<28} [green]ok[/] {result['seconds']:>7.2f}s  {_headline(result)}")
+        if step.name == stop_after:
+            raise StoppedAfter(step.name)
     summary = {
         "job": job,
         "run_id": run_id,
