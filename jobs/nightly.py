@@ -134,6 +134,61 @@ def step_gate(config: Config, ctx: RunContext) -> dict[str, Any]:
     return {"passed": report.passed, "summary": report.summary(), "against": serving and serving["version"]}
 
 
+class _OutputDir:
+    """The run's artifact directory, shaped like a registry staging area for the writers."""
+
+    def __init__(self, root: Path, version: str):
+        self.root, self.version = root, version
+
+    def artifact(self, relative: str) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def step_precompute(config: Config, ctx: RunContext) -> dict[str, Any]:
+    """Batch predictions of the serving models: each user's restaurants (feed), each restaurant's
+    candidate items (menu), the embeddings serving reads, and the FAISS item index."""
+    import numpy as np
+    import polars as pl
+
+    from recsys.precompute.inputs import CellClicks, FeedScorer, Vectors
+    from recsys.precompute.run import PrecomputeInputs, precompute
+    from recsys.ranking.index import ItemIndex
+    from recsys.registry.publish import write_version_outputs
+    from recsys.training.als import ALSModel
+    from recsys.training.interactions import scan_impressions
+
+    out = _artifacts(ctx)
+    version = model_version(config, ctx)
+    trained_until = datetime.fromisoformat(json.loads((out / "train.json").read_text())["trained_until"])
+    feed, menu = ALSModel.load(out / "feed_als.npz"), ALSModel.load(out / "menu_als.npz")
+    users = pl.read_parquet(config.clean_dir / "users.parquet", columns=["user_id", "home_cell"])
+    restaurants = pl.read_parquet(config.clean_dir / "restaurants.parquet", columns=["restaurant_id", "cell", "created_ts"])
+    items = pl.read_parquet(config.clean_dir / "items.parquet", columns=["item_id", "restaurant_id"])
+    impressions = scan_impressions(config.clean_dir).filter(pl.col("ts") < trained_until)
+    # Menu candidates are capped by click popularity; the online ranker orders them per request.
+    clicks = (impressions.filter((pl.col("surface") == "menu") & pl.col("clicked")).group_by("item_id")
+              .agg(pl.len().alias("clicks")).collect())
+    item_score = (items.select("item_id").join(clicks, on="item_id", how="left")["clicks"].fill_null(0)
+                  .to_numpy().astype(np.float64))
+    item_vectors = Vectors.from_model(menu, "entities")
+    outputs = precompute(PrecomputeInputs(
+        users=users, restaurants=restaurants, items=items,
+        feed_scorer=FeedScorer(Vectors.from_model(feed, "users"), Vectors.from_model(feed, "entities")),
+        item_ids=items["item_id"].to_numpy(), item_score=item_score,
+        user_embeddings=Vectors.from_model(menu, "users"), item_embeddings=item_vectors,
+        cell_clicks=CellClicks.from_log(impressions, users, until=trained_until),
+    ), config, version, run_ts=trained_until)
+    target = _OutputDir(out, version)
+    write_version_outputs(target, outputs.frames())
+    ItemIndex.build(item_vectors.vectors, item_vectors.ids).save(target.artifact("index/items.faiss"))
+    frames = outputs.frames()
+    return {"version": version, "users": frames["user_top_restaurants"].height,
+            "cold_start_users": int(frames["user_top_restaurants"]["cold_start"].sum()),
+            "restaurants": frames["restaurant_candidates"].height, "items_indexed": len(item_vectors.ids)}
+
+
 def model_version(config: Config, ctx: RunContext) -> str:
     from recsys.registry import fingerprint_files, version_id
 
@@ -154,9 +209,9 @@ def step_register(config: Config, ctx: RunContext) -> dict[str, Any]:
     if registry.exists(version):
         return {"version": version, "status": registry.show(version).status, "new": False}
     with registry.stage(version) as area:
-        for path in sorted(out.iterdir()):
+        for path in sorted(out.rglob("*")):
             if path.is_file() and not path.name.endswith(".tmp"):
-                shutil.copyfile(path, area.artifact(path.name))
+                shutil.copyfile(path, area.artifact(str(path.relative_to(out))))
         meta = area.commit(
             trained_until=datetime.fromisoformat(train["trained_until"]),
             data_fingerprint=fingerprint_files(sorted(config.clean_dir.glob("*.parquet"))),
@@ -192,6 +247,7 @@ STEPS = [
     Step("materialize", step_materialize, "offline -> online store"),
     Step("train", step_train, "ALS search, evaluation and serving models (implicit)"),
     Step("gate", step_gate, "quality gate against popularity and the serving model"),
+    Step("precompute", step_precompute, "users' restaurants, restaurants' items, embeddings, FAISS index"),
     Step("register", step_register, "versioned model directory in the registry"),
     Step("publish", step_publish, "online rows, then the serving pointer"),
 ]

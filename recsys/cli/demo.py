@@ -35,9 +35,10 @@ def demo(
     config = get_config(ctx).with_overrides(seed=seed, sim={"size": size})
     console.rule(f"[bold]recsys demo[/] — data in {config.data_dir}, online store: {config.online_store}")
     sim = simulate(config)
-    console.print(f"[1/2] simulate: {sim.users:,} users, {sim.restaurants:,} restaurants, {sim.items:,} items, "
+    console.print(f"simulate: {sim.users:,} users, {sim.restaurants:,} restaurants, {sim.items:,} items, "
                   f"{sim.impressions:,} impressions in {sim.seconds:.1f}s")
     summary = run_nightly(config, console=console)
+    _print_model(config, summary)
 
     truth, log = load_truth(config), pl.read_parquet(config.raw_dir / "impressions.parquet")
     table = Table(title="How hard is this world? True CTR per shown slot (ground truth)")
@@ -55,5 +56,24 @@ def demo(
         entity_rows=[{"user_id": user_id}],
     ).to_dict()
     console.print(f"online features of user {user_id}: " + json.dumps({k: v[0] for k, v in online.items()}))
-    console.print(f"summary: {summary['run_id']} in {summary['seconds']:.1f}s -> "
+    console.print(f"nightly run {summary['run_id']} in {summary['seconds']:.1f}s -> "
                   f"{config.data_dir / 'runs' / 'nightly' / summary['run_id'] / 'summary.json'}")
+
+
+def _print_model(config, summary: dict) -> None:
+    """The published model version and its gate report."""
+    from recsys.registry import Registry
+
+    registry = Registry.for_config(config).open()
+    version = summary["steps"]["register"]["version"]
+    meta = registry.show(version)
+    gate = meta.gate or {}
+    table = Table(title=f"model {version}: {meta.status}" + (f" ({meta.status_reason})" if meta.status_reason else ""))
+    for col in ("gate check", "passed", "detail"):
+        table.add_column(col)
+    for check in gate.get("checks", []):
+        table.add_row(check["name"], "yes" if check["passed"] else "[red]NO[/]", check["detail"])
+    console.print(table)
+    pointer = registry.serving()
+    console.print(f"serving: {pointer.version if pointer else 'nothing'}"
+                  + (f" (generation {pointer.generation})" if pointer else ""))
