@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsys.errors import ConfigError
+from recsys.serving.settings import ServingConfig
 from recsys.training.params import TrainingConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -134,6 +135,7 @@ class Config(_Frozen):
     training: TrainingConfig = TrainingConfig()
     precompute: PrecomputeConfig = PrecomputeConfig()
     gate: GateConfig = GateConfig()
+    serving: ServingConfig = ServingConfig()
 
     @field_validator("online_store")
     @classmethod

@@ -1,0 +1,44 @@
+"""Prometheus metrics of one server process, in their own registry (so tests can run several).
+
+Exposed by :meth:`Metrics.start_http` (``prometheus_client.start_http_server``); with N workers,
+worker i serves them on ``metrics_port + i``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram("recsys_rpc_latency_seconds", "Server-side latency per RPC.", ["method"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("recsys_rpc_errors_total", "RPCs that ended with a non-OK status.",
+                              ["method", "code"], registry=r)
+        self.degraded = Counter("recsys_degraded_total", "Lists answered by a fallback, by reason.",
+                                ["method", "reason"], registry=r)
+        self.events = Counter("recsys_events_logged_total", "Records made durable in the event log.",
+                              ["type"], registry=r)
+        self.model = Gauge("recsys_model_version_info", "1 for the model version being served.",
+                           ["version"], registry=r)
+        self._http = None
+
+    def set_model_version(self, version: str) -> None:
+        self.model.clear()
+        self.model.labels(version=version).set(1)
+
+    def start_http(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics on ``host:port`` (0: a free port); return the port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return server.server_address[1]
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
