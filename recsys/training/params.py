@@ -55,6 +55,21 @@ class SearchSpace(_Frozen):
         return self
 
 
+class RankerSettings(_Frozen):
+    """Settings of the ranker step (frozen; seeded through ``train_ranker``'s seed)."""
+
+    c: float = Field(default=1.0, gt=0, description="inverse L2 strength of the logistic regression")
+    max_iter: int = Field(default=2000, gt=0)
+    max_position: int = Field(default=7, gt=0, description="positions >= this share one column")
+    hour_bucket_hours: int = Field(default=3, gt=0, description="width of the category x hour buckets")
+    negative_rate: float = Field(default=1.0, gt=0, le=1.0, description="share of non-clicks kept")
+    eval_requests: int = Field(default=2000, ge=0, description="held-out requests for the true-CTR check (0: all)")
+    min_auc_lift: float = Field(default=0.0, ge=0.0)
+    menu_slots: int = Field(default=8, gt=0)
+    ablation_min_gain: float = Field(default=0.001, ge=0.0, description="AUC a group must add not to be flagged")
+    cost_sample_rows: int = Field(default=1000, ge=0, description="rows timed per view for retrieval cost (0: skip)")
+
+
 class TrainingConfig(_Frozen):
     weights: ConfidenceWeights = ConfidenceWeights()
     feed: ALSParams = ALSParams()
@@ -70,3 +85,4 @@ class TrainingConfig(_Frozen):
     shard_users: int = Field(default=2048, gt=0)
     # Held-out users sampled (seeded) for recall/NDCG in the search; 0 = all.
     eval_users: int = Field(default=5000, ge=0)
+    ranker: RankerSettings = RankerSettings()
