@@ -105,6 +105,37 @@ def step_train(config: Config, ctx: RunContext) -> dict[str, Any]:
             for s, v in summary.items()} | {"trained_until": trained_until.isoformat()}
 
 
+def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
+    """The menu ranker over ALS scores and Feast features; it ships only if it beats ALS-only."""
+    from datetime import timedelta
+
+    from recsys.features.store import open_store
+    from recsys.simulation.run import load_truth, world_path
+    from recsys.training.params import ALSParams
+    from recsys.training.ranker_fit import train_ranker
+
+    out = _artifacts(ctx)
+    train = json.loads((out / "train.json").read_text())
+    settings = config.training.ranker
+    end = datetime.fromisoformat(train["surfaces"]["menu"]["end"])
+    t2 = end - timedelta(days=settings.heldout_days)
+    t1 = t2 - timedelta(days=settings.window_days)
+    # On simulated data the ground truth adds a true-CTR check; real data has none.
+    truth = load_truth(config) if world_path(config).exists() else None
+    result = train_ranker(config, open_store(config), config.clean_dir,
+                          ALSParams(**train["surfaces"]["menu"]["params"]), config.seed, t1, t2, end,
+                          truth=truth, settings=settings, weights=config.training.weights)
+    _write_json(out / "ranker_report.json", {"ships": result.ships, "reason": result.reason,
+                                             "metrics": result.metrics, "timings": result.timings})
+    _write_json(out / "feature_report.json", result.feature_report)
+    shipped = out / "ranker.json"
+    if result.ships:
+        result.ranker.save(shipped)
+    elif shipped.exists():
+        shipped.unlink()
+    return {"ships": result.ships, "reason": result.reason}
+
+
 def _serving_record(config: Config) -> dict[str, Any] | None:
     from recsys.registry import Registry
 
@@ -246,6 +277,7 @@ STEPS = [
     Step("apply", step_apply, "Feast registry"),
     Step("materialize", step_materialize, "offline -> online store"),
     Step("train", step_train, "ALS search, evaluation and serving models (implicit)"),
+    Step("ranker", step_ranker, "menu ranker on Feast point-in-time features"),
     Step("gate", step_gate, "quality gate against popularity and the serving model"),
     Step("precompute", step_precompute, "users' restaurants, restaurants' items, embeddings, FAISS index"),
     Step("register", step_register, "versioned model directory in the registry"),

@@ -68,6 +68,10 @@ class RankerSettings(_Frozen):
     menu_slots: int = Field(default=8, gt=0)
     ablation_min_gain: float = Field(default=0.001, ge=0.0, description="AUC a group must add not to be flagged")
     cost_sample_rows: int = Field(default=1000, ge=0, description="rows timed per view for retrieval cost (0: skip)")
+    # Windows before the end of the data: ranker-train [end - heldout - window, end - heldout),
+    # held-out [end - heldout, end); its ALS scores come from a model trained before the window.
+    window_days: int = Field(default=7, gt=0)
+    heldout_days: int = Field(default=7, gt=0)
 
 
 class TrainingConfig(_Frozen):

@@ -11,10 +11,8 @@ from jobs.nightly import STEPS, run_nightly
 from jobs.runner import StoppedAfter
 from recsys.features.store import open_store
 from recsys.registry import Registry
-from tests.conftest import tiny_config
+from tests.conftest import FAST_TRAINING, tiny_config
 
-# One small grid point: the search itself is tested in test_training.py.
-FAST_TRAINING = {"search": {"factors": [8], "regularization": [0.1], "alpha": [2.0], "iterations": [5], "trials": 1}}
 USERS = [{"user_id": u} for u in range(0, 400, 37)]
 
 

@@ -12,7 +12,7 @@ import redis
 from rich.console import Console
 
 from jobs.nightly import STEPS, run_nightly
-from tests.conftest import tiny_config
+from tests.conftest import FAST_TRAINING, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,7 @@ def pipeline_run(tiny_world, redis_url, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(tiny_world.data_dir, data_dir, dirs_exist_ok=True)
     config = tiny_config(data_dir, online_store=redis_url, project=f"pipe_{uuid.uuid4().hex[:8]}",
-                         training={"search": {"factors": [8], "regularization": [0.1], "alpha": [2.0],
-                                              "iterations": [5], "trials": 1}})
+                         training=FAST_TRAINING)
     console = Console(record=True, width=200)
     summary = run_nightly(config, console=console)
     return config, summary, console.export_text()
