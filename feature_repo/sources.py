@@ -25,6 +25,7 @@ def _parquet(name: str) -> FileSource:
 user_stats_source = _parquet("user_stats")
 restaurant_stats_source = _parquet("restaurant_stats")
 item_stats_source = _parquet("item_stats")
+user_cuisine_affinity_source = _parquet("user_cuisine_affinity")
 user_profile_source = _parquet("user_profile")
 restaurant_profile_source = _parquet("restaurant_profile")
 item_profile_source = _parquet("item_profile")

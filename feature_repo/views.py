@@ -3,7 +3,9 @@
 Stats views hold one row per entity per day (``event_timestamp`` = the midnight UTC that ends
 the day summarised; the row uses only events strictly before it). Windows are 1, 7 and 28 days
 (``FeaturesConfig.windows_days``); ``recsys.features.stats.stats_feature_names`` builds the same
-names and a test keeps the two in step.
+names and a test keeps the two in step. Per surface and window: impressions, clicks, orders, the
+smoothed CTR, expected examinations (``exam``) and the position-debiased CTR (``dctr``); the
+examination curve and the estimators are documented in ``recsys.features.stats``.
 
 Pitfalls: ``ttl`` bounds the look-back of point-in-time joins only, it does NOT filter online
 reads; Feast's Redis store ignores a write whose event timestamp is not newer than the stored one.
@@ -26,6 +28,7 @@ from sources import (
     user_embedding_source,
     user_profile_source,
     user_stats_source,
+    user_cuisine_affinity_source,
     user_top_restaurants_source,
 )
 
@@ -52,6 +55,18 @@ def _counter_fields(surface: str) -> list[Field]:
                 name=f"{surface}_ctr_{w}d",
                 dtype=Float64,
                 description=f"{surface} CTR over {w}d, beta-smoothed toward the surface's global CTR",
+            ),
+            Field(
+                name=f"{surface}_exam_{w}d",
+                dtype=Float64,
+                description=f"{surface} expected examinations over {w}d: sum of exam(position) of the "
+                "impressions, exam estimated from explored requests",
+            ),
+            Field(
+                name=f"{surface}_dctr_{w}d",
+                dtype=Float64,
+                description=f"{surface} position-debiased CTR over {w}d: clicks per expected examination, "
+                "beta-smoothed toward the surface's global clicks per examination",
             ),
         ]
     return fields
@@ -93,6 +108,30 @@ item_stats = FeatureView(
     source=item_stats_source,
     online=True,
     tags={"owner": OWNER, "surface": "menu", "kind": "daily_stats"},
+)
+
+# Order of ``shares``: recsys.contracts.schemas.CUISINES (a test keeps the two in step).
+CUISINES = (
+    "pizza", "burger", "sushi", "indian", "chinese", "thai",
+    "mexican", "italian", "vegan", "dessert", "breakfast", "kebab",
+)
+
+user_cuisine_affinity = FeatureView(
+    name="user_cuisine_affinity",
+    entities=[user],
+    ttl=STATS_TTL,
+    schema=[
+        Field(
+            name="shares",
+            dtype=Array(Float32),
+            description="Smoothed share of the user's feed and menu clicks of the last 28d on each cuisine, "
+            "aligned with CUISINES (recsys.contracts.schemas); sums to 1",
+        ),
+        Field(name="clicks_28d", dtype=Int64, description="Clicks counted in shares (restaurants of a known cuisine)"),
+    ],
+    source=user_cuisine_affinity_source,
+    online=True,
+    tags={"owner": OWNER, "surface": "feed,menu", "kind": "daily_stats", "vector_order": ",".join(CUISINES)},
 )
 
 user_profile = FeatureView(

@@ -107,10 +107,7 @@ def step_train(config: Config, ctx: RunContext) -> dict[str, Any]:
 
 def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     """The menu ranker over ALS scores and Feast features; it ships only if it beats ALS-only."""
-    from datetime import timedelta
-
     from recsys.features.store import open_store
-    from recsys.simulation.run import load_truth, world_path
     from recsys.training.params import ALSParams
     from recsys.training.ranker_fit import train_ranker
 
@@ -118,13 +115,10 @@ def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     train = json.loads((out / "train.json").read_text())
     settings = config.training.ranker
     end = datetime.fromisoformat(train["surfaces"]["menu"]["end"])
-    t2 = end - timedelta(days=settings.heldout_days)
-    t1 = t2 - timedelta(days=settings.window_days)
-    # On simulated data the ground truth adds a true-CTR check; real data has none.
-    truth = load_truth(config) if world_path(config).exists() else None
+    t1, t2 = _ranker_windows(config, end)
     result = train_ranker(config, open_store(config), config.clean_dir,
                           ALSParams(**train["surfaces"]["menu"]["params"]), config.seed, t1, t2, end,
-                          truth=truth, settings=settings, weights=config.training.weights)
+                          truth=_truth(config), settings=settings, weights=config.training.weights)
     _write_json(out / "ranker_report.json", {"ships": result.ships, "reason": result.reason,
                                              "metrics": result.metrics, "timings": result.timings})
     _write_json(out / "feature_report.json", result.feature_report)
@@ -134,6 +128,64 @@ def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     elif shipped.exists():
         shipped.unlink()
     return {"ships": result.ships, "reason": result.reason}
+
+
+def _ranker_windows(config: Config, end: datetime) -> tuple[datetime, datetime]:
+    from datetime import timedelta
+
+    settings = config.training.ranker
+    t2 = end - timedelta(days=settings.heldout_days)
+    return t2 - timedelta(days=settings.window_days), t2
+
+
+def _truth(config: Config):
+    """The simulator's ground truth when the data is simulated (adds true-CTR checks), else None."""
+    from recsys.simulation.run import load_truth, world_path
+
+    return load_truth(config) if world_path(config).exists() else None
+
+
+def step_feed_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
+    """The feed blend (ALS, cuisine affinity, debiased restaurant CTR, rating, price, distance);
+    it ships only if it beats ALS-only on held-out explored requests."""
+    from recsys.features.store import open_store
+    from recsys.training.feed_ranker import train_feed_ranker
+    from recsys.training.interactions import scan_impressions
+    from recsys.training.params import ALSParams
+
+    out = _artifacts(ctx)
+    train = json.loads((out / "train.json").read_text())
+    end = datetime.fromisoformat(train["surfaces"]["feed"]["end"])
+    t1, t2 = _ranker_windows(config, end)
+    result = train_feed_ranker(config, open_store(config), scan_impressions(config.clean_dir),
+                               ALSParams(**train["surfaces"]["feed"]["params"]), config.seed, t1, t2, end,
+                               truth=_truth(config))
+    _write_json(out / "feed_ranker_report.json", {"ships": result.ships, "reason": result.reason,
+                                                  "metrics": result.metrics})
+    shipped = out / "feed_ranker.json"
+    if result.ships:
+        result.ranker.save(shipped)
+    elif shipped.exists():
+        shipped.unlink()
+    return {"ships": result.ships, "reason": result.reason}
+
+
+def _feed_scorer(config: Config, out: Path, feed_model, trained_until: datetime):
+    """The learned feed blend when it shipped, else ALS alone."""
+    import polars as pl
+
+    from recsys.precompute.inputs import FeedScorer, Vectors
+    from recsys.training.feed_ranker import FeedRanker, latest
+
+    if not (out / "feed_ranker.json").exists():
+        return FeedScorer(Vectors.from_model(feed_model, "users"), Vectors.from_model(feed_model, "entities"))
+    ranker = FeedRanker.load(out / "feed_ranker.json")
+    shares = latest(config.offline_dir / "user_cuisine_affinity.parquet", "user_id", trained_until, ["shares"])
+    stats = latest(config.offline_dir / "restaurant_stats.parquet", "restaurant_id", trained_until,
+                   ["feed_dctr_28d"]).rename({"feed_dctr_28d": "dctr"})
+    profile = pl.read_parquet(config.clean_dir / "restaurants.parquet",
+                              columns=["restaurant_id", "cuisine", "rating", "price_level"])
+    return ranker.scorer(feed_model, shares, profile.join(stats, on="restaurant_id", how="left"))
 
 
 def _serving_record(config: Config) -> dict[str, Any] | None:
@@ -183,7 +235,7 @@ def step_precompute(config: Config, ctx: RunContext) -> dict[str, Any]:
     import numpy as np
     import polars as pl
 
-    from recsys.precompute.inputs import CellClicks, FeedScorer, Vectors
+    from recsys.precompute.inputs import CellClicks, Vectors
     from recsys.precompute.run import PrecomputeInputs, precompute
     from recsys.ranking.index import ItemIndex
     from recsys.registry.publish import write_version_outputs
@@ -206,7 +258,7 @@ def step_precompute(config: Config, ctx: RunContext) -> dict[str, Any]:
     item_vectors = Vectors.from_model(menu, "entities")
     outputs = precompute(PrecomputeInputs(
         users=users, restaurants=restaurants, items=items,
-        feed_scorer=FeedScorer(Vectors.from_model(feed, "users"), Vectors.from_model(feed, "entities")),
+        feed_scorer=_feed_scorer(config, out, feed, trained_until),
         item_ids=items["item_id"].to_numpy(), item_score=item_score,
         user_embeddings=Vectors.from_model(menu, "users"), item_embeddings=item_vectors,
         cell_clicks=CellClicks.from_log(impressions, users, until=trained_until),
@@ -277,6 +329,7 @@ STEPS = [
     Step("apply", step_apply, "Feast registry"),
     Step("materialize", step_materialize, "offline -> online store"),
     Step("train", step_train, "ALS search, evaluation and serving models (implicit)"),
+    Step("feed_ranker", step_feed_ranker, "feed blend on Feast point-in-time features"),
     Step("ranker", step_ranker, "menu ranker on Feast point-in-time features"),
     Step("gate", step_gate, "quality gate against popularity and the serving model"),
     Step("precompute", step_precompute, "users' restaurants, restaurants' items, embeddings, FAISS index"),

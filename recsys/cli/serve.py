@@ -21,6 +21,9 @@ def serve(
     epsilon: Optional[float] = typer.Option(None, help="Exploration share (serving.epsilon)."),
     admin_token_file: Optional[Path] = typer.Option(
         None, help="File holding the admin token for Reload/Rollback (kept off the command line)."),
+    policy: Optional[str] = typer.Option(
+        None, help="model: the registry's serving version (FAISS + ranker); popularity: the fallback alone; "
+                     "auto: model when a serving version exists, else popularity."),
 ) -> None:
     """Serve recommendations over gRPC until SIGTERM/SIGINT; every served list is logged durably."""
     from recsys.errors import ConfigError
@@ -29,7 +32,7 @@ def serve(
 
     config = get_config(ctx)
     updates = {k: v for k, v in dict(host=host, port=port, workers=workers, metrics_port=metrics_port,
-                                      epsilon=epsilon).items() if v is not None}
+                                      epsilon=epsilon, policy=policy).items() if v is not None}
     if no_metrics:
         updates["metrics_port"] = None
     if admin_token_file is not None:

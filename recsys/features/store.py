@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # feast is slow to import; modules that only need the config 
 # Views filled from the offline Parquet written by `recsys features build`.
 MATERIALIZED_VIEWS = (
     "user_stats",
+    "user_cuisine_affinity",
     "restaurant_stats",
     "item_stats",
     "user_profile",

@@ -103,3 +103,27 @@ def explore_rank(
     shown_rank = rank_within_groups(group, shown_key, entity_id)
     sizes = np.bincount(group, minlength=len(explore)).astype(np.int32)
     return Ranked(greedy_rank, shown_rank, sizes[group], explored)
+
+
+def request_rng(seed: int, request_id: str) -> np.random.Generator:
+    """The random source of one request: seeded by (seed, request id), so a request can be replayed."""
+    import hashlib
+
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+
+
+def explore_one(score: np.ndarray, entity_id: np.ndarray, epsilon: float, rng: np.random.Generator) -> Ranked:
+    """:func:`explore_rank` for ONE request, without the ragged-group machinery (~10x less work).
+
+    Greedy = descending ``score``, ties by ascending ``entity_id``; with probability ``epsilon``
+    (one ``rng.random()`` draw) the shown order is ``rng.permutation(n)`` instead. The same scheme
+    and propensities as :func:`explore_rank`; the draws are those of the serving fallback.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    n = len(score)
+    explored = bool(rng.random() < epsilon)
+    greedy_rank = np.empty(n, dtype=np.int32)
+    greedy_rank[np.lexsort((np.asarray(entity_id), -score))] = np.arange(n, dtype=np.int32)
+    shown_rank = rng.permutation(n).astype(np.int32) if explored else greedy_rank
+    return Ranked(greedy_rank, shown_rank, np.full(n, n, dtype=np.int32), np.full(n, explored))

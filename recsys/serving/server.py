@@ -67,8 +67,19 @@ def worker_log_dir(config, settings: ServingConfig, worker: int) -> Path:
 
 
 def default_recommender(config, settings: ServingConfig) -> Recommender:
-    """The policy ``settings.policy`` names, loaded (the model path plugs in here)."""
-    if settings.policy == "popularity":
+    """The policy ``settings.policy`` names, loaded: model, popularity, or auto (model when the
+    registry names a serving version, else popularity)."""
+    policy = settings.policy
+    if policy == "auto":
+        from recsys.registry import Registry
+
+        serving = config.registry_dir.exists() and Registry.for_config(config).open().serving() is not None
+        policy = "model" if serving else "popularity"
+    if policy == "model":
+        from recsys.serving.recommender import ModelRecommender
+
+        return ModelRecommender(config, settings).load()
+    if policy == "popularity":
         from recsys.serving.fallback import PopularityRecommender
 
         return PopularityRecommender.for_config(config, settings).load()
@@ -123,6 +134,9 @@ def serve(config, settings: ServingConfig | None = None, *, worker: int = 0, rec
     health_servicer.enter_graceful_shutdown()
     server.stop(settings.grace_seconds).wait()
     event_log.close()
+    close = getattr(recommender, "close", None)  # the model recommender's reload watcher
+    if close is not None:
+        close()
     metrics.stop_http()
     logger.info("stopped", extra={"fields": {"events_logged": event_log.appended, "group_commits": event_log.commits}})
 

@@ -22,8 +22,14 @@ class ServingConfig(BaseModel):
     threads: int = Field(default=16, ge=1)  # handler threads per process
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     grace_seconds: float = Field(default=5.0, ge=0)  # for in-flight calls on shutdown
-    # Which policy answers: the popularity fallback until the model path lands ("model").
-    policy: Literal["popularity"] = "popularity"
+    # Which policy answers: "model" (the registry's serving version: FAISS + ranker, popularity as
+    # the flagged fallback), "popularity" (the fallback alone), "auto" (model when a version serves).
+    policy: Literal["auto", "model", "popularity"] = "auto"
+    # Model path: the online read's timeout when the call's deadline is longer, the registry
+    # pointer's polling period for hot reload (0: no watcher), the last-known-good LRU's size.
+    store_timeout_ms: float = Field(default=250.0, gt=0)
+    reload_poll_seconds: float = Field(default=1.0, ge=0)
+    last_known_good_entries: int = Field(default=100_000, ge=0)
     epsilon: float = Field(default=0.1, ge=0.0, le=1.0)  # exploration share (DESIGN.md)
     popularity_candidates: int = Field(default=50, ge=1)  # candidates the fallback explores over
     # ---- request limits (bad input is INVALID_ARGUMENT naming the field) ----
@@ -55,5 +61,5 @@ def resolve_dir(data_dir: Path, path: Path) -> Path:
 
 
 def serving_config(config) -> ServingConfig:
-    """``config.serving``; the defaults while ``Config`` has no ``serving`` section yet."""
-    return getattr(config, "serving", None) or ServingConfig()
+    """``config.serving``."""
+    return config.serving

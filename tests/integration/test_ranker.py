@@ -21,7 +21,7 @@ from recsys.training.ranker_fit import RankerSettings, train_ranker
 from tests.conftest import tiny_config
 from tests.integration.conftest import TINY_ALS
 
-FAST = RankerSettings(eval_requests=200, cost_sample_rows=100)
+FAST = RankerSettings(eval_requests=200, cost_sample_rows=100, negative_rate=1.0)
 
 
 def _prepared(tiny_world, data_dir):

@@ -1,4 +1,5 @@
-"""Daily stats snapshots on tiny hand-computed logs: windows, point-in-time, smoothing, basket."""
+"""Daily stats snapshots on tiny hand-computed logs: windows, point-in-time, smoothing, basket,
+the examination curve and position-debiased CTRs, user x cuisine affinity."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import polars as pl
 import pytest
 
 from recsys.config import Config
+from recsys.contracts.schemas import CUISINES
 from recsys.features import stats
 
 UTC = timezone.utc
@@ -28,7 +30,8 @@ def impressions(rows: list[tuple]) -> pl.LazyFrame:
         "restaurant_id": pl.Int64, "item_id": pl.Int64, "clicked": pl.Boolean, "ordered": pl.Boolean,
     })
     return frame.with_columns(
-        pl.int_range(pl.len()).alias("request_id"), pl.lit(0, pl.Int16).alias("position")
+        pl.int_range(pl.len()).alias("request_id"), pl.lit(0, pl.Int16).alias("position"),
+        pl.lit(1.0).alias("propensity"),
     ).lazy()
 
 
@@ -144,6 +147,9 @@ def test_feature_repo_schema_matches_stats_columns():
         for kind in ("user", "restaurant", "item"):
             fv = getattr(views, f"{kind}_stats")
             assert [f.name for f in fv.features] == stats.stats_feature_names(kind, Config().features.windows_days)
+        assert views.CUISINES == CUISINES  # the order of user_cuisine_affinity.shares
+        assert [f.name for f in views.user_cuisine_affinity.features] == [
+            "shares", f"clicks_{stats.AFFINITY_WINDOW_DAYS}d"]
     finally:
         sys.path.remove(repo)
         for name in ("views", "entities", "sources"):
@@ -170,7 +176,7 @@ def test_build_features_writes_every_table_atomically_and_idempotently(tmp_path)
     config = Config(data_dir=tmp_path)
     _write_clean(config.clean_dir, log)
     paths = stats.build_features(config)
-    assert set(paths) == {"user_stats", "restaurant_stats", "item_stats", "user_profile",
+    assert set(paths) == {"user_stats", "restaurant_stats", "item_stats", "user_cuisine_affinity", "user_profile",
                           "restaurant_profile", "item_profile"}
     first = {name: p.read_bytes() for name, p in paths.items()}
     stats.build_features(config)
@@ -179,3 +185,100 @@ def test_build_features_writes_every_table_atomically_and_idempotently(tmp_path)
     profile = pl.read_parquet(paths["item_profile"])
     assert profile.columns == ["item_id", "restaurant_id", "category", "price", "event_timestamp", "created_timestamp"]
     assert profile.schema["event_timestamp"] == pl.Datetime("us", "UTC")
+
+
+# ---------------------------------------------------------------- position debiasing
+
+def positioned(rows: list[tuple]) -> pl.LazyFrame:
+    """rows: (ts, request_id, position, propensity, surface, restaurant_id, item_id, clicked); n = 2."""
+    cols = ["ts", "request_id", "position", "propensity", "surface", "restaurant_id", "item_id", "clicked"]
+    frame = pl.DataFrame([dict(zip(cols, r)) for r in rows], schema={
+        "ts": pl.Datetime("us", "UTC"), "request_id": pl.Int64, "position": pl.Int16, "propensity": pl.Float64,
+        "surface": pl.Utf8, "restaurant_id": pl.Int64, "item_id": pl.Int64, "clicked": pl.Boolean,
+    })
+    return frame.with_columns(pl.lit(1, pl.Int64).alias("user_id"), pl.lit(False).alias("ordered"),
+                              pl.lit(2, pl.Int32).alias("n_candidates")).lazy()
+
+
+EXPLORED, GREEDY = 0.1, 0.9  # with n = 2: 0.2 <= 1 (a random permutation) and 1.8 > 1 (the greedy list)
+# Day 0, explored: position 0 gets 2 clicks in 4, position 1 gets 1 in 4 -> exam(1) = 0.25 / 0.5 = 0.5.
+# The greedy request r4 (a click at position 1 only) must not enter the curve (it would make it flat).
+# Day 1, explored r5 (a click at position 1 only): pos 0 2/5, pos 1 2/5 -> exam(1) = 1.0 from day 1 on.
+POSITIONED = [
+    (day(0), 0, 0, EXPLORED, "menu", 10, 100, True), (day(0), 0, 1, EXPLORED, "menu", 10, 101, False),
+    (day(0), 1, 0, EXPLORED, "menu", 10, 101, True), (day(0), 1, 1, EXPLORED, "menu", 10, 100, True),
+    (day(0), 2, 0, EXPLORED, "menu", 10, 100, False), (day(0), 2, 1, EXPLORED, "menu", 10, 101, False),
+    (day(0), 3, 0, EXPLORED, "menu", 10, 101, False), (day(0), 3, 1, EXPLORED, "menu", 10, 100, False),
+    (day(0), 4, 0, GREEDY, "menu", 10, 100, False), (day(0), 4, 1, GREEDY, "menu", 10, 101, True),
+    (day(0), 6, 3, GREEDY, "feed", 10, None, False),
+    (day(1), 5, 0, EXPLORED, "menu", 10, 100, False), (day(1), 5, 1, EXPLORED, "menu", 10, 101, True),
+]
+
+
+def test_examination_curve_uses_explored_requests_up_to_the_end_of_each_day():
+    curve = stats.examination_curve(stats._events(positioned(POSITIONED))).collect()
+    got = {(r["surface"], r["day"] - curve["day"].min(), r["position"]): r["exam"] for r in curve.to_dicts()}
+    assert got == {("menu", 0, 0): 1.0, ("menu", 0, 1): pytest.approx(0.5),
+                   ("menu", 1, 0): 1.0, ("menu", 1, 1): pytest.approx(1.0)}
+
+
+def test_debiased_ctr_is_clicks_per_expected_examination_smoothed_toward_the_global_rate():
+    items = stats.entity_stats(positioned(POSITIONED), ITEMS, "item", (1, 7), K).collect()
+    # Day 0: item 100 shown at 0, 1, 0, 1, 0 -> exam 1 + .5 + 1 + .5 + 1 = 4.0, 2 clicks;
+    #        item 101 at 1, 0, 1, 0, 1 -> 3.5, 2 clicks. Global: 4 clicks per 7.5 examinations.
+    i100 = snapshot(items, "item_id", 100, D0 + timedelta(days=1))
+    i101 = snapshot(items, "item_id", 101, D0 + timedelta(days=1))
+    q = 4 / 7.5
+    assert (i100["menu_exam_1d"], i101["menu_exam_1d"]) == (pytest.approx(4.0), pytest.approx(3.5))
+    assert i100["menu_dctr_1d"] == pytest.approx((2 + K * q) / (4.0 + K))
+    assert i101["menu_dctr_1d"] == pytest.approx((2 + K * q) / (3.5 + K))
+    assert i100["menu_ctr_1d"] == pytest.approx((2 + K * 4 / 10) / (5 + K))  # the raw CTR is unchanged
+    # Day 1's impressions are weighted by day 1's curve (exam(1) = 1); day 0's keep day 0's.
+    nxt = snapshot(items, "item_id", 101, D0 + timedelta(days=2))
+    assert nxt["menu_exam_1d"] == pytest.approx(1.0) and nxt["menu_exam_7d"] == pytest.approx(4.5)
+    assert nxt["menu_dctr_7d"] == pytest.approx((3 + K * 5 / 9.5) / (4.5 + K))
+
+
+def test_a_surface_without_explored_requests_is_not_corrected():
+    users = stats.entity_stats(positioned(POSITIONED), ITEMS, "user", (1, 28), K).collect()
+    u = snapshot(users, "user_id", 1, D0 + timedelta(days=1))
+    assert u["feed_exam_1d"] == 1.0 and u["feed_impressions_1d"] == 1  # position 3, but no curve: exam 1
+
+
+# ---------------------------------------------------------------- user x cuisine affinity
+
+RESTAURANTS = pl.DataFrame({"restaurant_id": [10, 11, 12], "cuisine": ["thai", "pizza", "unknown"]}).lazy()
+
+
+def test_cuisine_shares_are_smoothed_click_shares_aligned_with_cuisines():
+    log = impressions([
+        (day(0), 1, "feed", 10, None, True, False),
+        (day(0), 1, "menu", 10, 100, True, False),
+        (day(0), 1, "feed", 11, None, True, False),
+        (day(0), 2, "feed", 11, None, True, False),
+        (day(0), 2, "feed", 10, None, False, False),
+        (day(0), 3, "feed", 12, None, False, False),
+    ])
+    out = stats.user_cuisine_affinity(log, RESTAURANTS).collect()
+    a = stats.AFFINITY_PRIOR_CLICKS
+    thai, pizza = CUISINES.index("thai"), CUISINES.index("pizza")
+    g = {thai: 0.5, pizza: 0.5}  # global: 2 thai clicks, 2 pizza clicks
+    expect = {1: {thai: 2, pizza: 1}, 2: {pizza: 1}, 3: {}}
+    for user, clicks in expect.items():
+        row = snapshot(out, "user_id", user, D0 + timedelta(days=1))
+        n = sum(clicks.values())
+        assert row["clicks_28d"] == n
+        want = [(clicks.get(j, 0) + a * g.get(j, 0.0)) / (n + a) for j in range(len(CUISINES))]
+        assert row["shares"] == pytest.approx(want, rel=1e-6), user
+        assert sum(row["shares"]) == pytest.approx(1.0, rel=1e-6)
+    assert out.schema["shares"] == pl.List(pl.Float32)
+
+
+def test_cuisine_shares_use_only_clicks_before_the_snapshot_and_fall_back_to_uniform():
+    t = D0 + timedelta(days=1)
+    log = impressions([(day(0), 1, "feed", 10, None, False, False), (t, 1, "feed", 11, None, True, False)])
+    out = stats.user_cuisine_affinity(log, RESTAURANTS).collect()
+    at_t = snapshot(out, "user_id", 1, t)  # the click at exactly t belongs to the next snapshot
+    assert at_t["clicks_28d"] == 0 and at_t["shares"] == pytest.approx([1 / len(CUISINES)] * len(CUISINES))
+    nxt = snapshot(out, "user_id", 1, t + timedelta(days=1))
+    assert nxt["clicks_28d"] == 1 and nxt["shares"][CUISINES.index("pizza")] == pytest.approx((1 + 3.0) / 4)
