@@ -98,9 +98,10 @@ def step_train(config: Config, ctx: RunContext) -> dict[str, Any]:
         metrics[surface], popularity[surface] = result.metrics, result.popularity
         trials[surface] = result.search.trials
     trained_until = max(datetime.fromisoformat(s["end"]) for s in summary.values())
+    start = impressions.select(pl.col("ts").min()).collect().item()
     _write_json(out / "search.json", trials)
     _write_json(out / "train.json", {"surfaces": summary, "metrics": metrics, "popularity": popularity,
-                                     "trained_until": trained_until.isoformat()})
+                                     "trained_until": trained_until.isoformat(), "start": start.isoformat()})
     return {s: {"recall": round(v["recall"], 4), "popularity": round(v["popularity_recall"], 4)}
             for s, v in summary.items()} | {"trained_until": trained_until.isoformat()}
 
@@ -115,7 +116,7 @@ def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     train = json.loads((out / "train.json").read_text())
     settings = config.training.ranker
     end = datetime.fromisoformat(train["surfaces"]["menu"]["end"])
-    t1, t2 = _ranker_windows(config, end)
+    t1, t2 = _ranker_windows(config, datetime.fromisoformat(train["start"]), end)
     result = train_ranker(config, open_store(config), config.clean_dir,
                           ALSParams(**train["surfaces"]["menu"]["params"]), config.seed, t1, t2, end,
                           truth=_truth(config), settings=settings, weights=config.training.weights)
@@ -130,12 +131,15 @@ def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     return {"ships": result.ships, "reason": result.reason}
 
 
-def _ranker_windows(config: Config, end: datetime) -> tuple[datetime, datetime]:
+def _ranker_windows(config: Config, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """(t1, t2): the ranker trains on [t1, t2), is judged on [t2, end), and learns from ALS scores
+    of a model trained before t1. Each window takes its configured days, at most a quarter of the
+    data's span, so a short history still leaves half of it to the ALS model."""
     from datetime import timedelta
 
-    settings = config.training.ranker
-    t2 = end - timedelta(days=settings.heldout_days)
-    return t2 - timedelta(days=settings.window_days), t2
+    settings, quarter = config.training.ranker, (end - start) / 4
+    t2 = end - min(timedelta(days=settings.heldout_days), quarter)
+    return t2 - min(timedelta(days=settings.window_days), quarter), t2
 
 
 def _truth(config: Config):
@@ -156,7 +160,7 @@ def step_feed_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     out = _artifacts(ctx)
     train = json.loads((out / "train.json").read_text())
     end = datetime.fromisoformat(train["surfaces"]["feed"]["end"])
-    t1, t2 = _ranker_windows(config, end)
+    t1, t2 = _ranker_windows(config, datetime.fromisoformat(train["start"]), end)
     result = train_feed_ranker(config, open_store(config), scan_impressions(config.clean_dir),
                                ALSParams(**train["surfaces"]["feed"]["params"]), config.seed, t1, t2, end,
                                truth=_truth(config))

@@ -63,7 +63,7 @@ def redis_url() -> str:
 # tested in test_training.py) and ranker windows that fit its 14 days.
 FAST_TRAINING = {
     "search": {"factors": [8], "regularization": [0.1], "alpha": [2.0], "iterations": [5], "trials": 1},
-    "ranker": {"window_days": 4, "heldout_days": 3, "eval_requests": 200, "cost_sample_rows": 0},
+    "ranker": {"window_days": 4, "heldout_days": 3, "eval_requests": 50, "cost_sample_rows": 0},
 }
 
 

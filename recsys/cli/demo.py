@@ -15,7 +15,7 @@ from rich.table import Table
 
 from recsys.cli import app, get_config
 
-console = Console()
+console = Console() if Console().is_terminal else Console(width=150)
 
 
 @app.command()
@@ -56,6 +56,7 @@ def demo(
         entity_rows=[{"user_id": user_id}],
     ).to_dict()
     console.print(f"online features of user {user_id}: " + json.dumps({k: v[0] for k, v in online.items()}))
+    _serve_and_query(config, log)
     console.print(f"nightly run {summary['run_id']} in {summary['seconds']:.1f}s -> "
                   f"{config.data_dir / 'runs' / 'nightly' / summary['run_id'] / 'summary.json'}")
 
@@ -77,3 +78,65 @@ def _print_model(config, summary: dict) -> None:
     pointer = registry.serving()
     console.print(f"serving: {pointer.version if pointer else 'nothing'}"
                   + (f" (generation {pointer.generation})" if pointer else ""))
+
+
+def _serve_and_query(config, log) -> None:
+    """Start `recsys serve` on a free local port, send a request of each kind, stop it cleanly."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime, timezone
+
+    from recsys.cli.query import print_list
+    from recsys.serving.client import RecommenderClient
+    from recsys.serving.domain import Feedback
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RECSYS_PROJECT": config.project, "RECSYS_SEED": str(config.seed),
+           "RECSYS_SIM__SIZE": config.sim.size}
+    command = [sys.executable, "-c", "from recsys.cli import main; main()", "--data-dir", str(config.data_dir),
+               "--online-store", config.online_store, "serve", "--port", str(port), "--no-metrics",
+               "--policy", "model"]
+    console.rule(f"serving on 127.0.0.1:{port}")
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with RecommenderClient(f"127.0.0.1:{port}", timeout=2.0) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.health(timeout=1.0) == "SERVING":
+                        break
+                except Exception:  # not listening yet
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start: {server.stderr.read()[-2000:]}")
+                time.sleep(0.5)
+            console.print(f"model info: {client.model_info()}")
+            user = str(log["user_id"][0])
+            console.print(f"[bold]RecommendRestaurants[/] user {user}, k=5")
+            feed = client.recommend_restaurants(user, 5)
+            print_list(feed, explain=False, console=console)
+            restaurant = feed.entries[0].id if feed.entries else str(log["restaurant_id"][0])
+            console.print(f"[bold]RecommendItems --explain[/] user {user}, restaurant {restaurant}, k=5")
+            menu = client.recommend_items(user, restaurant, 5, explain=True)
+            print_list(menu, explain=True, console=console)
+            console.print("[bold]RecommendItems[/] for an unknown user (a flagged fallback)")
+            print_list(client.recommend_items("99999999", restaurant, 3), explain=False, console=console)
+            clicked = menu.entries[0].id if menu.entries else None
+            if clicked is not None:
+                n = client.log_feedback([Feedback(menu.request_id, clicked, "click", datetime.now(timezone.utc))])
+                console.print(f"[bold]LogFeedback[/] click on item {clicked} of {menu.request_id}: accepted {n}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = server.wait()
+        console.print(f"server stopped (exit {code}); served lists and feedback are in "
+                      f"{config.data_dir / config.serving.event_log_dir}")

@@ -36,18 +36,33 @@ def _console():
     return console if console.is_terminal else Console(width=160)
 
 
-def _print_list(ranked, explain: bool) -> None:
+EXPLAIN_ALWAYS = ("embedding_score", "precomputed_score", "ranker_score", "explored")
+
+
+def _components(entries, limit: int) -> list[str]:
+    """The explanation columns to show: the headline ones, then the ranker features with the
+    largest mean absolute contribution (a linear ranker has one per feature: ~100)."""
+    keys = {k for e in entries for k in e.explanation}
+    head = [k for k in EXPLAIN_ALWAYS if k in keys]
+    contrib = sorted((k for k in keys if k.startswith("contrib:")),
+                     key=lambda k: -sum(abs(e.explanation.get(k, 0.0)) for e in entries))
+    rest = sorted(keys - set(head) - set(contrib) - {"greedy_rank", "ranker_bias"})
+    return head + rest + contrib[:limit]
+
+
+def print_list(ranked, explain: bool, console=None, max_contributions: int = 6) -> None:
+    """A served list as a table; with ``explain``, its score components and what was filtered."""
     from rich import box
     from rich.table import Table
 
-    console = _console()
+    console = console or _console()
     flag = f"  [yellow]degraded: {ranked.degraded_reason}[/]" if ranked.degraded else ""
     console.print(f"request_id {ranked.request_id}  model {ranked.model_version}  "
                   f"{len(ranked.entries)} of {ranked.n_candidates} candidates{flag}")
-    components = sorted({k for e in ranked.entries for k in e.explanation}) if explain else []
+    components = _components(ranked.entries, max_contributions) if explain else []
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("position", "id", "score", "propensity", *components):
-        table.add_column(column, justify="right")
+        table.add_column(column.removeprefix("contrib:"), justify="right")
     for e in ranked.entries:
         table.add_row(str(e.position), e.id, f"{e.score:.4g}", f"{e.propensity:.4f}",
                       *(f"{e.explanation[c]:.4g}" if c in e.explanation else "" for c in components))
@@ -79,7 +94,7 @@ def items(
 ) -> None:
     """The restaurant's menu ranked for the user (RecommendItems)."""
     with _client(ctx) as client:
-        _print_list(client.recommend_items(user, restaurant, k, context=_context(hour, cell), explain=explain), explain)
+        print_list(client.recommend_items(user, restaurant, k, context=_context(hour, cell), explain=explain), explain)
 
 
 @query_app.command("restaurants")
@@ -93,7 +108,7 @@ def restaurants(
 ) -> None:
     """The user's home feed (RecommendRestaurants)."""
     with _client(ctx) as client:
-        _print_list(client.recommend_restaurants(user, k, context=_context(hour, cell), explain=explain), explain)
+        print_list(client.recommend_restaurants(user, k, context=_context(hour, cell), explain=explain), explain)
 
 
 @query_app.command("feedback")
