@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,27 +22,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from recsys.testing import LocalRedis
 from recsys.config import Config
 from recsys.features import store as fstore
 from recsys.features.bulk_write import write_online
 
 VIEW = "user_embedding"
 T0 = datetime(2026, 10, 28, tzinfo=timezone.utc)
-
-
-def start_redis() -> tuple[str, subprocess.Popen]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return f"redis://127.0.0.1:{port}/0", proc
 
 
 def make_rows(n: int, dim: int, seed: int) -> pl.DataFrame:
@@ -80,18 +64,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "online_write.json")
     args = parser.parse_args()
 
-    proc = None
-    url = args.redis
-    if url is None:
-        url, proc = start_redis()
+    server = None if args.redis else LocalRedis().start()
+    url = args.redis or server.url
     try:
         with tempfile.TemporaryDirectory(prefix="bench_online_write_") as tmp:
             rows = make_rows(args.n, args.dim, seed=0)
             results = run(Path(tmp), url, rows, args.batch_size, args.sample)
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
+        if server is not None:
+            server.stop()
 
     base = results["materialize"]["rows_per_s"]
     report = {

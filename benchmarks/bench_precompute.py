@@ -26,8 +26,6 @@ import argparse
 import math
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,23 +44,6 @@ from recsys.config import Config  # noqa: E402
 from recsys.precompute import CellClicks, FeedScorer, FeedTable, Grid, Vectors, feed_frame, feed_lists  # noqa: E402
 
 RUN = datetime(2026, 10, 28, tzinfo=timezone.utc)
-
-
-def start_redis() -> tuple[str, subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", workdir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return f"redis://127.0.0.1:{port}/0", proc, workdir
 
 
 def synthetic(n_users: int, n_rest: int, dim: int, grid: int, cold_share: float, seed: int):
@@ -171,11 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys.features import store as fstore
     from recsys.features.bulk_write import write_online
+    from recsys.testing import LocalRedis
 
-    proc = workdir = None
-    url = args.redis
-    if url is None:
-        url, proc, workdir = start_redis()
+    server = None if args.redis else LocalRedis().start()
+    url = args.redis or server.url
     data_dir = Path(tempfile.mkdtemp(prefix="bench-precompute-"))
     try:
         with timer() as t_gen:
@@ -238,10 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-            shutil.rmtree(workdir, ignore_errors=True)
+        if server is not None:
+            server.stop()
+            shutil.rmtree(server.directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,15 @@ def step_train(config: Config, ctx: RunContext) -> dict[str, Any]:
             for s, v in summary.items()} | {"trained_until": trained_until.isoformat()}
 
 
+def _ship(path: Path, result) -> dict[str, Any]:
+    """Save a ranker that earned shipping; remove one an earlier attempt of this step saved."""
+    if result.ships:
+        result.ranker.save(path)
+    elif path.exists():
+        path.unlink()
+    return {"ships": result.ships, "reason": result.reason}
+
+
 def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     """The menu ranker over ALS scores and Feast features; it ships only if it beats ALS-only."""
     from recsys.features.store import open_store
@@ -123,12 +132,7 @@ def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
     _write_json(out / "ranker_report.json", {"ships": result.ships, "reason": result.reason,
                                              "metrics": result.metrics, "timings": result.timings})
     _write_json(out / "feature_report.json", result.feature_report)
-    shipped = out / "ranker.json"
-    if result.ships:
-        result.ranker.save(shipped)
-    elif shipped.exists():
-        shipped.unlink()
-    return {"ships": result.ships, "reason": result.reason}
+    return _ship(out / "ranker.json", result)
 
 
 def _ranker_windows(config: Config, start: datetime, end: datetime) -> tuple[datetime, datetime]:
@@ -166,12 +170,7 @@ def step_feed_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
                                truth=_truth(config))
     _write_json(out / "feed_ranker_report.json", {"ships": result.ships, "reason": result.reason,
                                                   "metrics": result.metrics})
-    shipped = out / "feed_ranker.json"
-    if result.ships:
-        result.ranker.save(shipped)
-    elif shipped.exists():
-        shipped.unlink()
-    return {"ships": result.ships, "reason": result.reason}
+    return _ship(out / "feed_ranker.json", result)
 
 
 def _feed_scorer(config: Config, out: Path, feed_model, trained_until: datetime):

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,51 +16,21 @@ import pytest
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from recsys.config import Config, load_config  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from recsys.testing import LocalRedis  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url(tmp_path_factory) -> str:
     """A Redis server for the session: RECSYS_TEST_REDIS, or one started here."""
     url = os.environ.get("RECSYS_TEST_REDIS")
     if url:
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("Redis is required: run the tests with `bash scripts/test.sh` (installs and starts it) "
                     "or put redis-server on PATH, or set RECSYS_TEST_REDIS=redis://host:port")
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="recsys-redis-")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", workdir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-# Training settings for nightly runs on the tiny world: one small grid point (the search itself is
-# tested in test_training.py) and ranker windows that fit its 14 days.
-FAST_TRAINING = {
-    "search": {"factors": [8], "regularization": [0.1], "alpha": [2.0], "iterations": [5], "trials": 1},
-    "ranker": {"window_days": 4, "heldout_days": 3, "eval_requests": 50, "cost_sample_rows": 0},
-}
+    with LocalRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 def tiny_config(data_dir: Path, **changes) -> Config:

@@ -5,18 +5,16 @@ unknown user, no candidates, online rows of a foreign model version, and Redis s
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 from datetime import datetime, timezone
 
 import polars as pl
 import pytest
-import redis
 
 from recsys.features.bulk_write import write_online
 from recsys.features.store import materialize, offline_end, open_store
 from recsys.registry.publish import publish_version
+from recsys.testing import LocalRedis
 from recsys.serving.recommender import ModelRecommender
 from recsys.serving.settings import ServingConfig
 from tests.integration.test_online_path import (
@@ -81,45 +79,11 @@ def test_online_rows_of_a_foreign_model_version_are_never_mixed_in(world, server
 
 
 # ---------------------------------------------------------------- Redis down, then back
-class RedisProcess:
-    """A redis-server of this test's own, with an append-only file so a restart keeps the rows."""
-
-    def __init__(self, directory):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.directory = directory
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-                                      "--dir", str(self.directory)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 def test_redis_stopped_mid_test_degrades_to_last_known_good_then_popularity_and_recovers(world, tmp_path):
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is required on PATH for this test")
     config, version = world
-    own = RedisProcess(tmp_path)
-    own.start()
+    own = LocalRedis(tmp_path, durable=True).start()
     try:
         config = config.with_overrides(online_store=own.url)
         materialize(config, offline_end(config))  # the same registry and rows, on this Redis
