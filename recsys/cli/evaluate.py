@@ -22,8 +22,9 @@ def _default_table(config_dir: Path, name: str) -> Optional[Path]:
 def evaluate(
     ctx: typer.Context,
     log: Path = typer.Option(..., "--log", help="Impressions log: Parquet file or directory."),
-    policy: str = typer.Option(..., "--policy", help="logged | random | popularity | a Parquet file of lists."),
-    baseline: str = typer.Option("popularity", "--baseline", help="Policy to compare with."),
+    policy: str = typer.Option(..., "--policy", help="model:<VERSION> | serving | logged | random | popularity | "
+                                                     "a Parquet file of lists."),
+    baseline: str = typer.Option("popularity", "--baseline", help="Policy to compare with (same choices)."),
     reward: str = typer.Option("clicked", "--reward", help="clicked | ordered."),
     surface: Optional[str] = typer.Option(None, "--surface", help="feed | menu (needed if the log holds both)."),
     clip: Optional[float] = typer.Option(None, "--clip", help="Cap on importance weights."),
@@ -49,7 +50,7 @@ def evaluate(
     report = run_evaluate(
         log, policy, baseline=baseline, surface=surface, options=options, slices=slice_,
         restaurants=load_table(restaurants or _default_table(config.clean_dir, "restaurants")),
-        users=load_table(users or _default_table(config.clean_dir, "users")),
+        users=load_table(users or _default_table(config.clean_dir, "users")), config=config,
     )
     json_path, html_path = write_report(report, out)
     console = Console()
@@ -63,6 +64,10 @@ def evaluate(
             table.add_row(report[side]["name"], name, f"{o['estimate']:.4f}", f"{o['low']:.4f}..{o['high']:.4f}",
                           f"{o['matched']:,}", f"{o['ess']:,.0f}", "[red]warning[/red]" if o["warning"] else "")
     console.print(table)
+    for side in ("policy", "baseline"):
+        if "answered_by" in report[side]:
+            shares = ", ".join(f"{k} {v:,}" for k, v in report[side]["answered_by"].items())
+            console.print(f"{report[side]['name']}: requests answered by {shares}")
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"report: {json_path}")

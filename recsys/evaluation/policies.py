@@ -14,8 +14,11 @@ no trained model and only see the log, so they can only rank the entries the log
   lets the popularity of an entry include the evaluated events' own clicks: the bias is small when
   each entry has many events, and zero with a ``popularity_until`` before the evaluated period.
 
-More policies plug in through :func:`register_policy` (a name -> builder); a registered model
-version will resolve there through the ranking stages the server uses.
+More policies plug in through :func:`register_policy` (a name -> builder, or with
+``prefix=True`` a family of names ``<prefix><arg>``). A registered model version resolves there:
+``model:<VERSION>`` and ``serving`` (the registry's serving version) rank each logged request
+through the server's ranking stages (:mod:`recsys.evaluation.model_policy`); they need the
+application config (``resolve_policy(..., config=...)``).
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ from recsys.evaluation.logs import load_policy_lists
 
 PolicyBuilder = Callable[..., pl.DataFrame]
 _REGISTRY: dict[str, PolicyBuilder] = {}
+_FAMILIES: dict[str, PolicyBuilder] = {}
 
 
-def register_policy(name: str, builder: PolicyBuilder) -> None:
-    """Make ``name`` resolvable: ``builder(log, *, surface, seed, popularity_until)`` -> lists."""
-    _REGISTRY[name] = builder
+def register_policy(name: str, builder: PolicyBuilder, *, prefix: bool = False) -> None:
+    """Make ``name`` resolvable: ``builder(log, *, surface, reward, seed, popularity_until, config)``
+    -> lists. With ``prefix=True`` every name ``<name><arg>`` resolves, the builder getting
+    ``arg=<arg>`` too (e.g. ``model:`` + a version)."""
+    if prefix and not name:
+        raise ValueError("register_policy: an empty prefix would capture every name")
+    (_FAMILIES if prefix else _REGISTRY)[name] = builder
 
 
 def _lists(log: pl.DataFrame, entity: pl.Expr, propensity: pl.Expr | float = 1.0) -> pl.DataFrame:
@@ -88,8 +96,35 @@ register_policy("random", random_policy)
 register_policy("popularity", popularity_policy)
 
 
+def _require_config(name: str, config):
+    if config is None:
+        from recsys.errors import ConfigError
+
+        raise ConfigError(f"policy {name!r} needs the application config (registry, feature store): "
+                          "pass config= to resolve_policy / evaluate")
+    return config
+
+
+def model_policy(log: pl.DataFrame, *, arg: str, surface: str, config=None, **_: object) -> pl.DataFrame:
+    """``model:<VERSION>``: that registered version's greedy lists through the serving stages."""
+    from recsys.evaluation.model_policy import model_policy_lists
+
+    return model_policy_lists(_require_config(f"model:{arg}", config), arg, log, surface=surface)[0]
+
+
+def serving_policy(log: pl.DataFrame, *, surface: str, config=None, **_: object) -> pl.DataFrame:
+    """``serving``: the version the registry's SERVING pointer names, as ``model:<VERSION>``."""
+    from recsys.evaluation.model_policy import model_policy_lists
+
+    return model_policy_lists(_require_config("serving", config), None, log, surface=surface)[0]
+
+
+register_policy("model:", model_policy, prefix=True)
+register_policy("serving", serving_policy)
+
+
 def policy_names() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(_REGISTRY)) + tuple(f"{p}<...>" for p in sorted(_FAMILIES))
 
 
 def resolve_policy(
@@ -100,14 +135,25 @@ def resolve_policy(
     reward: str = "clicked",
     seed: int = 0,
     popularity_until: datetime | None = None,
+    config=None,
 ) -> pl.DataFrame:
-    """The lists of a policy given by registered name or by a Parquet file (or directory) of lists.
+    """The lists of a policy given by registered name (or prefix family) or by a Parquet file
+    (or directory) of lists. ``config``: the application config, for policies that need it
+    (``model:<VERSION>``, ``serving``).
 
-    Raises NotFoundError for a name that is neither registered nor an existing path.
+    Raises NotFoundError for a name that is neither registered nor an existing path, and for a
+    model version the registry does not hold (naming it).
     """
     key = str(name_or_path)
+    kw = dict(surface=surface, reward=reward, seed=seed, popularity_until=popularity_until, config=config)
     if key in _REGISTRY:
-        return _REGISTRY[key](log, surface=surface, reward=reward, seed=seed, popularity_until=popularity_until)
+        return _REGISTRY[key](log, **kw)
+    for prefix, builder in _FAMILIES.items():
+        if key.startswith(prefix):
+            arg = key[len(prefix):]
+            if not arg:
+                raise NotFoundError(f"policy {key!r}: expected {prefix}<name> (e.g. {prefix}<VERSION>)")
+            return builder(log, arg=arg, **kw)
     path = Path(key)
     if path.exists():
         return load_policy_lists(path, surface=surface)

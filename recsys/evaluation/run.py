@@ -11,9 +11,12 @@ from typing import Sequence
 
 import polars as pl
 
-from recsys.evaluation.columns import ESTIMATOR_NAMES, POLICY_ENTITY, REQ_IDX, EvalOptions, entity_column
+from recsys.evaluation.columns import (
+    ESTIMATOR_NAMES, POLICY_ENTITY, REQ_IDX, REQUEST_ID, EvalOptions, entity_column,
+)
 from recsys.evaluation.compare import BUILTIN_SLICES, compare, compare_slices, exposure
 from recsys.evaluation.logs import join_policy, load_log, scan_table
+from recsys.evaluation.model_policy import ANSWERED_BY
 from recsys.evaluation.policies import resolve_policy
 from recsys.evaluation.report import headline
 
@@ -42,15 +45,20 @@ def evaluate(
     new_days: int = 30,
     popularity_until: datetime | None = None,
     estimators: Sequence[str] = ESTIMATOR_NAMES,
+    config=None,
 ) -> dict:
-    """Evaluate ``policy`` against ``baseline`` on one surface of a log; return the report dict."""
+    """Evaluate ``policy`` against ``baseline`` on one surface of a log; return the report dict.
+
+    ``config``: the application config, needed by ``model:<VERSION>`` and ``serving`` policies.
+    """
     names = scan_table(log_path).collect_schema().names()
     log_columns = [c for c in slices if c not in BUILTIN_SLICES or c in names]
     log = load_log(log_path, surface=surface, columns=log_columns)
     surface = log["surface"][0]
-    kw = dict(surface=surface, reward=options.reward, seed=options.seed, popularity_until=popularity_until)
-    events = {side: join_policy(log, resolve_policy(p, log, **kw), surface=surface)
-              for side, p in (("policy", policy), ("baseline", baseline))}
+    kw = dict(surface=surface, reward=options.reward, seed=options.seed, popularity_until=popularity_until,
+              config=config)
+    lists = {side: resolve_policy(p, log, **kw) for side, p in (("policy", policy), ("baseline", baseline))}
+    events = {side: join_policy(log, frame, surface=surface) for side, frame in lists.items()}
     result = compare(events["policy"], events["baseline"], options, estimators)
     slice_results = []
     for column in slices:
@@ -73,6 +81,10 @@ def evaluate(
             "exposure": exposure(events[side], surface=surface, catalog=catalog, restaurants=restaurants,
                                  new_days=new_days),
         }
+        if ANSWERED_BY in lists[side].columns:  # a model policy: who answered each request
+            answered = (lists[side].group_by(REQUEST_ID).agg(pl.col(ANSWERED_BY).first())
+                        [ANSWERED_BY].value_counts(sort=True))
+            report[side]["answered_by"] = dict(zip(answered[ANSWERED_BY].to_list(), answered["count"].to_list()))
         if filled < 1:
             warnings.append(f"{report[side]['name']}: lists fill {100 * filled:.1f}% of the logged slots; "
                             "empty slots count as reward 0")
