@@ -1,7 +1,8 @@
 """`recsys demo`: the main job end to end on the embedded default (the README's first command).
 
-simulate a small world -> the nightly pipeline (validate, features, Feast apply + materialize)
--> read a user's features back from the online store -> print a summary.
+simulate a small world -> hold out its last week -> the nightly pipeline on the rest (validate,
+features, Feast, training, rankers, gate, precompute, registry, publish) -> serve the published
+model and query it -> a replay report of the model against popularity on the held-out week.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ def demo(
     config = get_config(ctx).with_overrides(seed=seed, sim={"size": size})
     console.rule(f"[bold]recsys demo[/] — data in {config.data_dir}, online store: {config.online_store}")
     sim = simulate(config)
+    cutoff = _hold_out_last_week(config)
     console.print(f"simulate: {sim.users:,} users, {sim.restaurants:,} restaurants, {sim.items:,} items, "
                   f"{sim.impressions:,} impressions in {sim.seconds:.1f}s")
     summary = run_nightly(config, console=console)
     _print_model(config, summary)
 
-    truth, log = load_truth(config), pl.read_parquet(config.raw_dir / "impressions.parquet")
+    truth, log = load_truth(config), pl.read_parquet(_full_log(config))
     table = Table(title="How hard is this world? True CTR per shown slot (ground truth)")
     for col in ("surface", "random", "popularity", "legacy logging policy", "oracle"):
         table.add_column(col)
@@ -57,6 +59,7 @@ def demo(
     ).to_dict()
     console.print(f"online features of user {user_id}: " + json.dumps({k: v[0] for k, v in online.items()}))
     _serve_and_query(config, log)
+    _replay_report(config, cutoff, summary["steps"]["register"]["version"])
     console.print(f"nightly run {summary['run_id']} in {summary['seconds']:.1f}s -> "
                   f"{config.data_dir / 'runs' / 'nightly' / summary['run_id'] / 'summary.json'}")
 
@@ -101,7 +104,7 @@ def _serve_and_query(config, log) -> None:
            "RECSYS_SIM__SIZE": config.sim.size}
     command = [sys.executable, "-c", "from recsys.cli import main; main()", "--data-dir", str(config.data_dir),
                "--online-store", config.online_store, "serve", "--port", str(port), "--no-metrics",
-               "--policy", "model"]
+               "--policy", "auto"]
     console.rule(f"serving on 127.0.0.1:{port}")
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -140,3 +143,52 @@ def _serve_and_query(config, log) -> None:
             code = server.wait()
         console.print(f"server stopped (exit {code}); served lists and feedback are in "
                       f"{config.data_dir / config.serving.event_log_dir}")
+
+
+HOLDOUT_DAYS = 7
+
+
+def _full_log(config):
+    return config.data_dir / "holdout" / "impressions_full.parquet"
+
+
+def _hold_out_last_week(config):
+    """Keep the simulated log's last week out of training: the nightly sees the rest; the replay
+    report scores the published model on the held-out week (out of sample)."""
+    from datetime import timedelta
+
+    import polars as pl
+
+    full = _full_log(config)
+    full.parent.mkdir(parents=True, exist_ok=True)
+    (config.raw_dir / "impressions.parquet").replace(full)
+    last = pl.scan_parquet(full).select(pl.col("ts").max()).collect().item()
+    cutoff = (last - timedelta(days=HOLDOUT_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
+    pl.scan_parquet(full).filter(pl.col("ts") < cutoff).collect().write_parquet(config.raw_dir / "impressions.parquet")
+    return cutoff
+
+
+def _replay_report(config, cutoff, version: str) -> None:
+    """Validate and build features over the whole log, then estimate the run's model's CTR on the
+    held-out week against popularity, per surface (recsys evaluate --policy model:<version>)."""
+    import shutil
+
+    import polars as pl
+
+    from recsys.contracts.validate import validate_dataset
+    from recsys.evaluation.report import write_report
+    from recsys.evaluation.run import evaluate
+    from recsys.features.stats import build_features
+
+    console.rule(f"replay: model {version} vs popularity on the held-out week (from {cutoff:%Y-%m-%d})")
+    shutil.copyfile(_full_log(config), config.raw_dir / "impressions.parquet")
+    validate_dataset(config)
+    build_features(config)
+    held_out = config.data_dir / "holdout" / "impressions.parquet"
+    (pl.scan_parquet(config.clean_dir / "impressions.parquet").filter(pl.col("ts") >= cutoff)
+     .collect().write_parquet(held_out))
+    for surface in ("feed", "menu"):
+        report = evaluate(held_out, f"model:{version}", baseline="popularity", surface=surface, config=config)
+        _, html = write_report(report, config.reports_dir / f"replay_{surface}")
+        console.print(f"[bold]{surface}:[/] {report['headline']}")
+        console.print(f"  HTML report: {html}")

@@ -23,6 +23,7 @@ ranking reflects attractiveness alone, not where the legacy policy used to show 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -154,42 +155,135 @@ def _transform(x: np.ndarray, transform: str) -> np.ndarray:
     raise RankerError(f"unknown transform {transform!r}")
 
 
+class DesignPlan:
+    """The features compiled once into whole-block numpy steps; ``plan(rows)`` is the design matrix.
+
+    The per-feature loop is the reference semantics (see :class:`Feature`); the plan computes the
+    same values with a few array operations per feature *kind* instead of a few per feature:
+
+    - numeric: the input columns stacked as a (k, n) block, nulls replaced by the defaults in one
+      ``where``, each transform applied once to its contiguous slice of rows;
+    - missing: one null mask per distinct column;
+    - onehot / onehot_x_hour: one ``column == value`` per distinct (column, value) and one hour mask
+      per distinct range, combined by fancy indexing (the model has 40 onehot_x_hour columns over 5
+      categories: 5 object comparisons instead of 40);
+    - position: one broadcast comparison.
+
+    Constructor only compiles (no I/O); unknown kinds or transforms are refused here.
+    """
+
+    def __init__(self, features: Sequence[Feature]):
+        self.features = tuple(features)
+        self.d = len(self.features)
+        numeric = [(j, f) for j, f in enumerate(self.features) if f.kind == "numeric"]
+        for f in self.features:
+            if f.kind not in ("numeric", "missing", "onehot", "onehot_x_hour", "position"):
+                raise RankerError(f"feature {f.name!r}: unknown kind {f.kind!r}")
+            if f.kind == "numeric" and f.transform not in _TRANSFORMS:
+                raise RankerError(f"unknown transform {f.transform!r}")
+        # numeric: ordered by transform so that each transform is one contiguous slice of rows
+        numeric.sort(key=lambda jf: _TRANSFORMS.index(jf[1].transform))
+        self.num_cols = np.array([j for j, _ in numeric], dtype=np.intp)
+        self.num_inputs = [f.column for _, f in numeric]
+        self.num_defaults = np.array([float(f.default) for _, f in numeric], dtype=np.float64)[:, None]
+        self.num_slices: list[tuple[str, int, int]] = []
+        for i, (_, f) in enumerate(numeric):
+            if self.num_slices and self.num_slices[-1][0] == f.transform:
+                self.num_slices[-1] = (f.transform, self.num_slices[-1][1], i + 1)
+            else:
+                self.num_slices.append((f.transform, i, i + 1))
+        # missing: column -> design columns
+        self.missing: dict[str, list[int]] = {}
+        for j, f in enumerate(self.features):
+            if f.kind == "missing":
+                self.missing.setdefault(f.column, []).append(j)
+        # one-hots: distinct (column, value) equalities and hour ranges
+        self.eq_keys: list[tuple[str, object]] = []
+        self.ranges: list[tuple[int, int]] = []
+        onehot, crossed = [], []
+        for j, f in enumerate(self.features):
+            if f.kind in ("onehot", "onehot_x_hour"):
+                key = (f.column, f.value)
+                if key not in self.eq_keys:
+                    self.eq_keys.append(key)
+                e = self.eq_keys.index(key)
+                if f.kind == "onehot":
+                    onehot.append((j, e))
+                else:
+                    if f.hours not in self.ranges:
+                        self.ranges.append(f.hours)
+                    crossed.append((j, e, self.ranges.index(f.hours)))
+        self.onehot_cols = np.array([j for j, _ in onehot], dtype=np.intp)
+        self.onehot_eq = np.array([e for _, e in onehot], dtype=np.intp)
+        self.cross_cols = np.array([j for j, _, _ in crossed], dtype=np.intp)
+        self.cross_eq = np.array([e for _, e, _ in crossed], dtype=np.intp)
+        self.cross_range = np.array([r for _, _, r in crossed], dtype=np.intp)
+        self.range_lo = np.array([lo for lo, _ in self.ranges], dtype=np.float64)
+        self.range_hi = np.array([hi for _, hi in self.ranges], dtype=np.float64)
+        # position: min(position, last) == value
+        positions = [(j, int(f.value)) for j, f in enumerate(self.features) if f.kind == "position"]
+        self.pos_cols = np.array([j for j, _ in positions], dtype=np.intp)
+        self.pos_values = np.array([v for _, v in positions], dtype=np.float64)
+        self.pos_last = max((v for _, v in positions), default=0)
+
+    def __call__(self, rows: Mapping, serving: bool = True) -> np.ndarray:
+        n = _n_rows(rows)
+        if not serving and POSITION not in rows:
+            raise RankerError("training rows need a 'position' column (serving=False)")
+        X = np.empty((n, self.d), dtype=np.float64)
+        floats: dict[str, np.ndarray] = {}
+
+        def as_float(name: str) -> np.ndarray:
+            if name not in floats:
+                floats[name] = _column(rows, name, n, "float")
+            return floats[name]
+
+        position = np.zeros(n) if serving else np.nan_to_num(as_float(POSITION), nan=0.0)
+
+        if len(self.num_cols):
+            raw = np.empty((len(self.num_cols), n), dtype=np.float64)
+            for i, name in enumerate(self.num_inputs):
+                raw[i] = as_float(name)
+            filled = np.where(np.isnan(raw), self.num_defaults, raw)
+            for transform, lo, hi in self.num_slices:
+                filled[lo:hi] = _transform(filled[lo:hi], transform)
+            X[:, self.num_cols] = filled.T
+        for name, cols in self.missing.items():
+            X[:, cols] = _is_null(rows.get(name), n)[:, None]
+        if self.eq_keys:
+            objects: dict[str, np.ndarray] = {}
+            eq = np.empty((n, len(self.eq_keys)), dtype=bool)
+            for e, (name, value) in enumerate(self.eq_keys):
+                if name not in objects:
+                    objects[name] = _column(rows, name, n, "object")
+                eq[:, e] = objects[name] == value
+            if len(self.onehot_cols):
+                X[:, self.onehot_cols] = eq[:, self.onehot_eq]
+            if len(self.cross_cols):
+                hour = as_float(HOUR)[:, None]
+                in_range = (hour >= self.range_lo) & (hour < self.range_hi)
+                X[:, self.cross_cols] = eq[:, self.cross_eq] & in_range[:, self.cross_range]
+        if len(self.pos_cols):
+            X[:, self.pos_cols] = np.minimum(position, self.pos_last)[:, None] == self.pos_values
+        return X
+
+
+_TRANSFORMS = ("identity", "log1p", "log", "logit", "sin_hour", "cos_hour")
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(features: tuple[Feature, ...]) -> DesignPlan:
+    return DesignPlan(features)
+
+
 def design_matrix(features: Sequence[Feature], rows: Mapping, serving: bool = True) -> np.ndarray:
     """(n, len(features)) float64 design matrix of ``rows`` (see :class:`Feature`).
 
     ``serving=True`` fixes position = 0 for every row (the rows' ``position`` is ignored);
     ``serving=False`` (training) reads ``rows["position"]``, which must then be present.
+    Computed by a :class:`DesignPlan` compiled once per feature list (cached).
     """
-    n = _n_rows(rows)
-    if not serving and POSITION not in rows:
-        raise RankerError("training rows need a 'position' column (serving=False)")
-    X = np.empty((n, len(features)), dtype=np.float64)
-    cache: dict[tuple[str, str], np.ndarray] = {}
-
-    def col(name: str, kind: str) -> np.ndarray:
-        if (name, kind) not in cache:
-            cache[(name, kind)] = _column(rows, name, n, kind)
-        return cache[(name, kind)]
-
-    position = np.zeros(n) if serving else np.nan_to_num(col(POSITION, "float"), nan=0.0)
-    for j, f in enumerate(features):
-        if f.kind == "numeric":
-            raw = col(f.column, "float")
-            X[:, j] = _transform(np.where(np.isnan(raw), f.default, raw), f.transform)
-        elif f.kind == "missing":
-            X[:, j] = _is_null(rows.get(f.column), n)
-        elif f.kind == "onehot":
-            X[:, j] = col(f.column, "object") == f.value
-        elif f.kind == "onehot_x_hour":
-            hour = col(HOUR, "float")
-            lo, hi = f.hours
-            X[:, j] = (col(f.column, "object") == f.value) & (hour >= lo) & (hour < hi)
-        elif f.kind == "position":
-            last = max(int(g.value) for g in features if g.kind == "position")
-            X[:, j] = np.minimum(position, last) == int(f.value)
-        else:
-            raise RankerError(f"feature {f.name!r}: unknown kind {f.kind!r}")
-    return X
+    return _plan(tuple(features))(rows, serving=serving)
 
 
 @dataclass
@@ -211,6 +305,7 @@ class LinearRanker:
     weights: np.ndarray
     bias: float
     metadata: dict = field(default_factory=dict)
+    _design: DesignPlan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.features = list(self.features)
@@ -255,7 +350,9 @@ class LinearRanker:
 
         At serving (default) position is fixed at 0; ``serving=False`` uses ``rows["position"]``.
         """
-        return design_matrix(self.features, rows, serving=serving)
+        if self._design is None or self._design.features != tuple(self.features):  # compiled once
+            self._design = DesignPlan(self.features)
+        return self._design(rows, serving=serving)
 
     def _check(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)

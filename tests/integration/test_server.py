@@ -386,3 +386,60 @@ def test_two_workers_share_the_port_and_both_answer(world, tmp_path):
         assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()[-2000:]
     logs = [logged(world.data_dir / "events" / f"worker-{i}") for i in (0, 1)]
     assert request_ids <= {r["request_id"] for log in logs for r in log}
+
+
+# ---------------------------------------------------------------- random requests: the MODEL server
+@pytest.fixture(scope="module")
+def model_running(tiny_world, tmp_path_factory, redis_url):
+    """The model policy (FAISS + ranker over Feast on Redis) of a nightly-published tiny world."""
+    from recsys.serving.recommender import ModelRecommender
+    from tests.integration.test_online_path import published_world
+
+    config, _ = published_world(tiny_world, tmp_path_factory.mktemp("model_world"), redis_url)
+    settings = ServingConfig(epsilon=EPS, metrics_port=None, policy="model")
+    recommender = ModelRecommender(config, settings, poll_seconds=0).load()
+    log = EventLog(tmp_path_factory.mktemp("model_events") / "worker-0").open()
+    server = create_server(settings, recommender, log, metrics=Metrics())
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield {"stub": pb_grpc.RecommenderStub(channel), "config": config}
+    channel.close()
+    server.stop(1).wait()
+    log.close()
+    recommender.close()
+
+
+# ids that exist in the tiny world most of the time (so the model path, not only validation, runs)
+model_ids = st.one_of(st.integers(0, 420).map(str), ids)
+valid_times = st.integers(946_684_800, 4_102_444_799)
+
+
+@st.composite
+def model_contexts(draw):
+    ctx = draw(contexts())
+    if draw(st.booleans()):  # a valid request time half of the time: the ranker's time features
+        ctx.request_time.seconds = draw(valid_times)
+        ctx.request_time.nanos = draw(st.integers(0, 999_999_999))
+    return ctx
+
+
+model_requests = st.one_of(
+    st.builds(lambda u, r, k, c, e: ("RecommendItems", pb.RecommendItemsRequest(
+        user_id=u, restaurant_id=r, k=k, context=c, explain=e)), model_ids, model_ids, st.integers(-3, 120),
+        model_contexts(), st.booleans()),
+    st.builds(lambda u, k, c, e: ("RecommendRestaurants", pb.RecommendRestaurantsRequest(
+        user_id=u, k=k, context=c, explain=e)), model_ids, st.integers(-3, 120), model_contexts(), st.booleans()),
+    st.builds(lambda evs: ("LogFeedback", pb.LogFeedbackRequest(events=evs)), st.lists(st.builds(
+        lambda r, e, t: pb.FeedbackEvent(request_id=r, entity_id=e, type=t), ids, model_ids, st.integers(0, 4)),
+        max_size=3)),
+    st.just(("GetModelInfo", pb.GetModelInfoRequest())),
+)
+
+
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(call=model_requests)
+def test_random_requests_to_the_model_server_never_get_an_internal_error(model_running, call):
+    method, msg = call
+    code, details = code_of(getattr(model_running["stub"], method), msg)
+    assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (code, details)
