@@ -33,6 +33,14 @@ def redis_url(tmp_path_factory) -> str:
         yield server.url
 
 
+# Training settings for nightly runs on the tiny world: one small grid point (the search itself is
+# tested in test_training.py) and ranker windows that fit its 14 days.
+FAST_TRAINING = {
+    "search": {"factors": [8], "regularization": [0.1], "alpha": [2.0], "iterations": [5], "trials": 1},
+    "ranker": {"window_days": 4, "heldout_days": 3, "eval_requests": 50, "cost_sample_rows": 0},
+}
+
+
 def tiny_config(data_dir: Path, **changes) -> Config:
     """The configuration of the tests' tiny world, rooted at data_dir."""
     base = load_config(environ={}, data_dir=data_dir, seed=7)
