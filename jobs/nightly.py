@@ -276,12 +276,15 @@ def step_precompute(config: Config, ctx: RunContext) -> dict[str, Any]:
 
 
 def model_version(config: Config, ctx: RunContext) -> str:
-    from recsys.registry import fingerprint_files, version_id
+    """<trained_until>-<hash of the clean data, the training config, the seed and the code>: a re-run
+    of the same code on the same inputs names (and idempotently re-commits) the same version."""
+    from recsys.registry import code_version, fingerprint_files, version_id
 
     train = json.loads((_artifacts(ctx) / "train.json").read_text())
     data = fingerprint_files(sorted(config.clean_dir.glob("*.parquet")))
     settings = hashlib.sha256(json.dumps(config.training.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return version_id(datetime.fromisoformat(train["trained_until"]), data, settings, str(config.seed))
+    return version_id(datetime.fromisoformat(train["trained_until"]), data, settings, str(config.seed),
+                      code_version())
 
 
 def step_register(config: Config, ctx: RunContext) -> dict[str, Any]:
