@@ -46,7 +46,7 @@ def get_config(ctx: typer.Context) -> Config:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
-    from recsys.cli import demo, evaluate, features, models, nightly, query, serve, simulate, validate  # noqa: F401
+    from recsys.cli import demo, evaluate, features, models, monitor, nightly, query, serve, simulate, validate  # noqa: F401
 
 
 def main() -> None:
