@@ -225,3 +225,20 @@ def test_ips_and_snips_intervals_cover_the_truth_and_naive_misses(tmp_path):
             covered[name] += est[name].overall.low <= s.true_ctr <= est[name].overall.high
     assert min(covered["ips"], covered["snips"], covered["dr"]) >= 8, covered
     assert covered["naive"] <= 2, covered
+
+
+def test_reward_model_integer_id_path_equals_the_general_path():
+    """Integer ids take a bincount path; the same log with string ids takes the polars joins:
+    both must predict the same q at every slot (nulls: a target with no entry)."""
+    from recsys.evaluation.columns import ENTITY, POLICY_ENTITY, POSITION, REQ_IDX, EvalOptions
+    from recsys.evaluation.estimators import reward_model
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    entity = rng.integers(0, 40, n)
+    target = pl.Series(np.where(rng.random(n) < 0.1, None, rng.integers(0, 50, n)).tolist(), dtype=pl.Int64)
+    ints = pl.DataFrame({REQ_IDX: np.arange(n) // 6, POSITION: np.arange(n) % 6, ENTITY: entity,
+                         POLICY_ENTITY: target, "clicked": rng.random(n) < 0.2})
+    strings = ints.with_columns(pl.col(ENTITY).cast(pl.Utf8), pl.col(POLICY_ENTITY).cast(pl.Utf8))
+    np.testing.assert_allclose(reward_model(ints, EvalOptions()), reward_model(strings, EvalOptions()),
+                               rtol=1e-12, atol=1e-15)
