@@ -1,12 +1,12 @@
-"""`recsys nightly`: validate -> features -> apply -> materialize -> train -> gate -> register
--> publish. Each step is timed and resumable (jobs/runner.py); the run id names the raw data it
-ran on, so the same inputs resume the same run and new inputs start a new one.
+"""`recsys nightly`: validate -> features -> apply -> materialize -> train -> feed_ranker ->
+ranker -> gate -> precompute -> register -> publish. Each step is timed and resumable
+(jobs/runner.py); the run id names the raw data, the configuration and the code it ran with, so
+the same run started again resumes, and anything changed starts a new run.
 
-Steps hand over through files in the run directory (``artifacts/``), each written to a temporary
-name and renamed. The model version is derived from the data's end time, the clean data's
-fingerprint and the training configuration, so a re-run names (and idempotently re-commits) the
-same version. A model the gate refuses is registered with its report and status ``refused``,
-never served.
+Steps hand over through files in the run directory (``artifacts/``). The model version is derived
+from the data's end time, the clean data's fingerprint, the training configuration, the seed and
+the code version, so a re-run names (and idempotently re-commits) the same version. A model the
+gate refuses is registered with its report and status ``refused``, never served.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ RAW_TABLES = ("users", "restaurants", "items", "impressions")
 
 
 def run_id_for(config: Config) -> str:
-    """A short id of the raw inputs: their names, sizes and modification times."""
-    digest = hashlib.sha256()
+    """A short id of the run's inputs: the raw tables (names, sizes, modification times), the
+    whole configuration and the code version."""
+    from recsys.registry import code_version
+
+    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    digest.update(code_version().encode())
     for table in RAW_TABLES:
         path = config.raw_dir / f"{table}.parquet"
         stat = path.stat() if path.exists() else None
