@@ -90,10 +90,10 @@ def _serve_and_query(config, log) -> None:
     import socket
     import subprocess
     import sys
-    import time
     from datetime import datetime, timezone
 
     from recsys.cli.query import print_list
+    from recsys.errors import RecsysError
     from recsys.serving.client import RecommenderClient
     from recsys.serving.domain import Feedback
 
@@ -109,16 +109,10 @@ def _serve_and_query(config, log) -> None:
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         with RecommenderClient(f"127.0.0.1:{port}", timeout=2.0) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if client.health(timeout=1.0) == "SERVING":
-                        break
-                except Exception:  # not listening yet
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start: {server.stderr.read()[-2000:]}")
-                time.sleep(0.5)
+            try:
+                client.wait_until_serving(lambda: server.poll() is None, seconds=120)
+            except RecsysError as exc:
+                raise RecsysError(f"the server did not start ({exc}): {server.stderr.read()[-2000:]}") from None
             console.print(f"model info: {client.model_info()}")
             user = str(log["user_id"][0])
             console.print(f"[bold]RecommendRestaurants[/] user {user}, k=5")

@@ -257,15 +257,7 @@ class ModelPolicy:
             request = ItemsRequest(request_id=str_ids[i], user_id=str(u), restaurant_id=str(r), k=slots[i],
                                    context=RequestContext(request_time=ts, local_hour=ts.hour))
             got = rank_menu(row, models[table_keys[i]], request, ts, exploration) if u >= 0 else "unknown_user"
-            if isinstance(got, str):
-                got, label = self._fallback_list("menu", request, got)
-            else:
-                label = self.version
-            who.append(label)
-            for entry in (got.entries if got is not None else ()):
-                rid.append(i)
-                pos.append(entry.position)
-                ent.append(int(entry.id))
+            self._collect("menu", request, got, i, (rid, pos, ent, who))
         summary.seconds["rank"] = time.perf_counter() - t1
         return np.asarray(rid, np.int64), np.asarray(pos, np.int32), np.asarray(ent, np.int64), who
 
@@ -290,17 +282,23 @@ class ModelPolicy:
                                          context=RequestContext(request_time=ts, local_hour=ts.hour))
             got = rank_feed(row, self.version, self.hours, request, ts.hour, exploration) if u >= 0 \
                 else "unknown_user"
-            if isinstance(got, str):
-                got, label = self._fallback_list("feed", request, got)
-            else:
-                label = self.version
-            who.append(label)
-            for entry in (got.entries if got is not None else ()):
-                rid.append(i)
-                pos.append(entry.position)
-                ent.append(int(entry.id))
+            self._collect("feed", request, got, i, (rid, pos, ent, who))
         summary.seconds["rank"] = time.perf_counter() - t1
         return np.asarray(rid, np.int64), np.asarray(pos, np.int32), np.asarray(ent, np.int64), who
+
+    def _collect(self, surface: str, request, got, i: int, out: tuple[list, list, list, list]) -> None:
+        """Append request ``i``'s list (the model's, or the fallback's when ``got`` names a
+        reason) to the output columns (request index, position, entity, who answered)."""
+        rid, pos, ent, who = out
+        if isinstance(got, str):
+            got, label = self._fallback_list(surface, request, got)
+        else:
+            label = self.version
+        who.append(label)
+        for entry in (got.entries if got is not None else ()):
+            rid.append(i)
+            pos.append(entry.position)
+            ent.append(int(entry.id))
 
     def _fallback_list(self, surface: str, request, reason: str):
         """The server's answer when the model cannot: popularity (or nothing without fallback)."""

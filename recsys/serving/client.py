@@ -11,7 +11,7 @@ UNAUTHENTICATED / PERMISSION_DENIED -> ``PermissionDeniedError``, anything else 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsys.errors import NotFoundError, RecsysError
 from recsys.serving import convert
 from recsys.serving.domain import (
-    Feedback, InvalidArgumentError, PermissionDeniedError, RankedList, RequestContext,
+    Feedback, InvalidArgumentError, PermissionDeniedError, RankedList, RequestContext, UnavailableError,
 )
 from recsys.serving.servicer import ADMIN_TOKEN_HEADER
 from recsys.serving.v1 import recommender_pb2 as pb
@@ -96,6 +96,21 @@ class RecommenderClient:
         """The serving status name (``SERVING``, ``NOT_SERVING``, ...)."""
         reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_until_serving(self, alive: Callable[[], bool], seconds: float = 60.0) -> None:
+        """Poll health until SERVING; raise UnavailableError if ``alive()`` turns false (the server
+        died while starting) or ``seconds`` pass."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not alive():
+                raise UnavailableError(f"{self.address}: the server stopped while starting")
+            try:
+                if self.health(timeout=1.0) == "SERVING":
+                    return
+            except RecsysError:  # not listening yet
+                pass
+            time.sleep(0.1)
+        raise UnavailableError(f"{self.address}: not serving after {seconds:g}s")
 
     def _admin(self, method, token: str | None, timeout: float | None) -> str:
         token = token or self.admin_token

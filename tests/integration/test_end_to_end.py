@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import socket
 import threading
-import time
 import uuid
 
 import polars as pl
@@ -38,16 +37,8 @@ def _free_port() -> int:
 
 
 def _wait_serving(addr: str, thread: threading.Thread, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert thread.is_alive(), "the server stopped during startup"
-        try:
-            with RecommenderClient(addr, timeout=1) as client:
-                if client.health() == "SERVING":
-                    return
-        except Exception:
-            time.sleep(0.1)
-    raise AssertionError(f"{addr} not serving after {seconds}s")
+    with RecommenderClient(addr, timeout=1) as client:
+        client.wait_until_serving(thread.is_alive, seconds)
 
 
 def test_simulate_nightly_serve_traffic_sink_lands_a_log_the_evaluator_accepts(tmp_path, redis_url):
