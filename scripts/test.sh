@@ -19,7 +19,19 @@ port="$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.
 redis_dir="$(mktemp -d)"
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$redis_dir" --daemonize yes \
     --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
-cleanup() { kill "$(cat "$redis_dir/redis.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$redis_dir"; }
+# Stop Redis, wait until it has exited (it may still be writing in its directory), remove the
+# directory. Cleanup never changes the script's exit status: that is pytest's.
+cleanup() {
+    local status=$?
+    local pid
+    pid="$(cat "$redis_dir/redis.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ]; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -rf "$redis_dir" 2>/dev/null || true
+    exit "$status"
+}
 trap cleanup EXIT
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis-cli -p "$port" ping >/dev/null || { echo "error: Redis did not start on port $port" >&2; cat "$redis_dir/redis.log" >&2; exit 1; }
