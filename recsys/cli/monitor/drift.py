@@ -1,32 +1,20 @@
-"""`recsys monitor drift|health`: readable report, JSON (--out), Prometheus textfile, exit 1 on alert."""
+"""`recsys monitor drift`."""
 
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
 import typer
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-from rich.console import Console
 from rich.table import Table
 
-from recsys.cli import app, get_config
-
-monitor = typer.Typer(help="Monitoring: drift of inputs, health of model outputs.", no_args_is_help=True)
-app.add_typer(monitor, name="monitor")
-_console = Console()
-
-
-def _table_dir(config) -> Path:
-    return config.clean_dir if (config.clean_dir / "impressions.parquet").exists() else config.raw_dir
-
-
-def _write_json(out: Path | None, obj: dict) -> None:
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(obj, indent=2, default=str))
+from recsys.cli import get_config
+from recsys.cli.monitor import console as _console
+from recsys.cli.monitor import monitor
+from recsys.cli.monitor import table_dir as _table_dir
+from recsys.cli.monitor import write_json as _write_json
 
 
 @monitor.command("drift")
@@ -69,42 +57,4 @@ def drift_cmd(
             g_alert.labels(r.feature).set(int(r.alert))
         write_to_textfile(str(prometheus), reg)
     if report.alert:
-        raise typer.Exit(1)
-
-
-@monitor.command("health")
-def health_cmd(
-    ctx: typer.Context,
-    version: str | None = typer.Option(None, help="Model version; default: the serving one."),
-    max_age_hours: float = typer.Option(48.0, help="Alert when the model is older than this."),
-    out: Path | None = typer.Option(None, help="Write the alerts as JSON here."),
-    prometheus: Path | None = typer.Option(None, help="Write Prometheus gauges to this textfile."),
-) -> None:
-    """NaN/inf in embeddings and scores, empty candidate lists, model age."""
-    from recsys.monitoring.health import check_version, to_dicts
-    from recsys.registry import Registry
-
-    registry = Registry.for_config(get_config(ctx)).open()
-    if version is None:
-        pointer = registry.serving()
-        if pointer is None:
-            typer.secho("no serving version", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1)
-        version = pointer.version
-    meta = registry.show(version)
-    alerts = check_version(registry.version_dir(version), meta.trained_until,
-                           max_age=timedelta(hours=max_age_hours))
-    for a in alerts:
-        _console.print(f"[red]ALERT[/red] {a.check}: {a.message}")
-    if not alerts:
-        _console.print(f"version {version}: healthy")
-    _write_json(out, {"version": version, "alert": bool(alerts), "alerts": to_dicts(alerts)})
-    if prometheus is not None:
-        reg = CollectorRegistry()
-        g = Gauge("recsys_health_alert_rows", "Rows failing a health check", ["check", "source"], registry=reg)
-        for a in alerts:
-            g.labels(a.check, a.source).set(a.count)
-        Gauge("recsys_health_ok", "1 when no health alert", registry=reg).set(int(not alerts))
-        write_to_textfile(str(prometheus), reg)
-    if alerts:
         raise typer.Exit(1)
