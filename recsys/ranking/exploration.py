@@ -14,6 +14,7 @@ with two sorts and no Python loop per request.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,15 +106,32 @@ def explore_rank(
     return Ranked(greedy_rank, shown_rank, sizes[group], explored)
 
 
-def request_rng(seed: int, request_id: str) -> np.random.Generator:
-    """The random source of one request: seeded by (seed, request id), so a request can be replayed."""
-    import hashlib
+class RequestDraws:
+    """The random draws of one request, seeded by (seed, request id), so a request can be replayed.
 
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+    Why not ``np.random.default_rng([seed, id])``: building a Generator costs ~60 us, a large share
+    of a request's ranking time, while 1 - epsilon of the requests need only the one uniform draw
+    that decides whether to explore. That draw is taken from the hash of (seed, request id) itself;
+    the Generator (seeded by the hash's other half) is built only when a permutation is drawn.
+    """
+
+    __slots__ = ("_uniform", "_seed")
+
+    def __init__(self, seed: int, request_id: str):
+        digest = hashlib.blake2b(f"{seed}:{request_id}".encode(), digest_size=16).digest()
+        self._uniform = (int.from_bytes(digest[:8], "little") >> 11) * 2.0**-53  # 53 bits, in [0, 1)
+        self._seed = int.from_bytes(digest[8:], "little")
+
+    def random(self) -> float:
+        """The request's uniform draw in [0, 1) (the same value on every call)."""
+        return self._uniform
+
+    def permutation(self, n: int) -> np.ndarray:
+        return np.random.default_rng(self._seed).permutation(n)
 
 
-def explore_one(score: np.ndarray, entity_id: np.ndarray, epsilon: float, rng: np.random.Generator) -> Ranked:
+def explore_one(score: np.ndarray, entity_id: np.ndarray, epsilon: float,
+                rng: np.random.Generator | RequestDraws) -> Ranked:
     """:func:`explore_rank` for ONE request, without the ragged-group machinery (~10x less work).
 
     Greedy = descending ``score``, ties by ascending ``entity_id``; with probability ``epsilon``

@@ -16,25 +16,22 @@ The random draw is seeded by (seed, request_id): a request can be replayed. Ever
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 import polars as pl
 
 from recsys.errors import DataContractError, NotFoundError
-from recsys.ranking.exploration import propensity
 from recsys.serving.domain import (
-    Entry, FailedPreconditionError, Filtered, InvalidArgumentError, ItemsRequest, RankedList,
+    FailedPreconditionError, Filtered, InvalidArgumentError, ItemsRequest, RankedList,
     RestaurantsRequest,
 )
+from recsys.serving.stages import Candidates, Exploration, present
 
 POLICY = "popularity"
 REASON = "fallback:popularity"
-_EMPTY: MappingProxyType = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -59,11 +56,6 @@ def _parse_id(value: str) -> int | None:
         return None
 
 
-def _rng(seed: int, request_id: str) -> np.random.Generator:
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
-
-
 class PopularityRecommender:
     """Popularity lists from ``clean_dir`` (restaurants, items, users, impressions Parquet).
 
@@ -83,7 +75,8 @@ class PopularityRecommender:
             raise ValueError(f"epsilon={epsilon}: expected 0..1")
         self.clean_dir = Path(clean_dir)
         self.grid_size, self.delivery_radius = grid_size, delivery_radius
-        self.epsilon, self.max_candidates, self.seed = epsilon, max_candidates, seed
+        self.epsilon, self.max_candidates = epsilon, max_candidates
+        self.exploration = Exploration(epsilon, seed)
         self._tables: _Tables | None = None
 
     @classmethod
@@ -207,21 +200,6 @@ class PopularityRecommender:
             keep = np.sort(np.lexsort((ids, -score))[:self.max_candidates])
             ids, score = ids[keep], score[keep]
             explain = [explain[i] for i in keep] if explain is not None else None
-        n = len(ids)
-        rng = _rng(self.seed, request.request_id)
-        explored = bool(rng.random() < self.epsilon)
-        # One request, the scheme of recsys.ranking.exploration without its batch machinery:
-        # greedy = descending score, ties by ascending id; explored = a uniform permutation.
-        greedy_rank = np.empty(n, dtype=np.int64)
-        greedy_rank[np.lexsort((ids, -score))] = np.arange(n)
-        shown_rank = rng.permutation(n) if explored else greedy_rank
-        prop = propensity(greedy_rank, shown_rank, np.full(n, n), self.epsilon)
-        shown = np.argsort(shown_rank)[:request.k]
-        entries = tuple(
-            Entry(id=str(ids[i]), score=float(score[i]), position=int(shown_rank[i]), propensity=float(prop[i]),
-                  explanation=MappingProxyType({**explain[i], "greedy_rank": float(greedy_rank[i]),
-                                                "explored": float(explored)}) if request.explain else _EMPTY)
-            for i in shown
-        )
-        return RankedList(request_id=request.request_id, model_version=POLICY, entries=entries, degraded=True,
-                          degraded_reason=REASON, filters=filtered, n_candidates=n)
+        expl = tuple(explain) if explain is not None else None
+        return present(Candidates(ids, score, score, expl), filtered, request, self.exploration, policy=POLICY,
+                       degraded=True, reason=REASON)

@@ -44,7 +44,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from recsys.errors import RecsysError
-from recsys.ranking.exploration import explore_one, request_rng
+from recsys.ranking.exploration import RequestDraws, explore_one
 from recsys.ranking.index import ItemIndex
 from recsys.ranking.ranker import ALS_SCORE, HOUR, LinearRanker
 from recsys.serving.domain import Entry, Filtered, RankedList
@@ -314,18 +314,22 @@ def present(candidates: Candidates, filters: tuple[Filtered, ...], request, expl
             policy: str, degraded: bool = False, reason: str = "") -> RankedList:
     """Explore (one scheme: a uniform permutation with probability epsilon, exact propensities),
     then the top ``request.k``. ``request``: anything with ``request_id``, ``k`` and ``explain``."""
-    rng = request_rng(exploration.seed, request.request_id)
-    ex = explore_one(candidates.score, candidates.ids, exploration.epsilon, rng)
-    prop = ex.propensity(exploration.epsilon)
+    ex = explore_one(candidates.score, candidates.ids, exploration.epsilon,
+                     RequestDraws(exploration.seed, request.request_id))
     shown = np.argsort(ex.shown_rank, kind="stable")[:request.k]
+    prop = ex.propensity(exploration.epsilon)[shown]
     explored = float(ex.explored[0]) if len(ex.explored) else 0.0
-    entries = tuple(
-        Entry(id=str(candidates.ids[i]), score=float(candidates.score[i]), position=int(ex.shown_rank[i]),
-              propensity=float(prop[i]),
-              explanation=MappingProxyType({**(candidates.explanation[i] if candidates.explanation else {}),
-                                            "greedy_rank": float(ex.greedy_rank[i]), "explored": explored})
-              if request.explain else _EMPTY)
-        for i in shown)
+    # Python scalars once per list (tolist), not a numpy scalar conversion per field and entry.
+    rows = zip(shown.tolist(), candidates.ids[shown].tolist(), candidates.score[shown].tolist(),
+               ex.shown_rank[shown].tolist(), prop.tolist())
+    if not request.explain:
+        entries = tuple(Entry(str(id_), score, position, p, _EMPTY) for _, id_, score, position, p in rows)
+    else:
+        entries = tuple(
+            Entry(str(id_), score, position, p, MappingProxyType({
+                **(candidates.explanation[i] if candidates.explanation else {}),
+                "greedy_rank": float(ex.greedy_rank[i]), "explored": explored}))
+            for i, id_, score, position, p in rows)
     return RankedList(request_id=request.request_id, model_version=policy, entries=entries, degraded=degraded,
                       degraded_reason=reason, filters=filters, n_candidates=len(candidates.ids))
 
