@@ -1,5 +1,5 @@
 """`recsys nightly`: validate -> features -> apply -> materialize -> train -> feed_ranker ->
-ranker -> gate -> precompute -> register -> publish. Each step is timed and resumable
+ranker -> monitoring -> gate -> precompute -> register -> publish. Each step is timed and resumable
 (jobs/runner.py); the run id names the raw data, the configuration and the code it ran with, so
 the same run started again resumes, and anything changed starts a new run.
 
@@ -137,6 +137,41 @@ def step_ranker(config: Config, ctx: RunContext) -> dict[str, Any]:
                                              "metrics": result.metrics, "timings": result.timings})
     _write_json(out / "feature_report.json", result.feature_report)
     return _ship(out / "ranker.json", result)
+
+
+def step_monitoring(config: Config, ctx: RunContext) -> dict[str, Any]:
+    """What monitoring compares serving with, saved as artifacts of the version: the reference
+    profile of the menu ranker's training rows and of the model's scores on them, and the manifest
+    of the feature definitions and upstream schemas the model was trained with.
+
+    The training rows are rebuilt with the ranker's own public functions (same windows, ALS
+    parameters and seed; every impression, as the profile describes the logged traffic).
+    """
+    from recsys.features.store import open_store
+    from recsys.monitoring.changes import definitions_manifest, save_manifest
+    from recsys.monitoring.profile import save_profile
+    from recsys.monitoring.reference import reference_profile
+    from recsys.ranking.ranker import LinearRanker
+    from recsys.registry.publish import DEFINITIONS_MANIFEST, REFERENCE_PROFILE
+    from recsys.training.interactions import scan_impressions
+    from recsys.training.params import ALSParams
+    from recsys.training.ranker_data import build_training_set, fit_als
+
+    out = _artifacts(ctx)
+    train = json.loads((out / "train.json").read_text())
+    start, end = datetime.fromisoformat(train["start"]), datetime.fromisoformat(train["surfaces"]["menu"]["end"])
+    t1, t2 = _ranker_windows(config, start, end)
+    log = scan_impressions(config.clean_dir)
+    als = fit_als(log, ALSParams(**train["surfaces"]["menu"]["params"]), config.seed, until=t1,
+                  weights=config.training.weights, num_threads=config.training.num_threads, since=start)
+    rows = build_training_set(open_store(config), log, als, t1, t2)
+    ranker = LinearRanker.load(out / "ranker.json") if (out / "ranker.json").exists() else None
+    profile = reference_profile(rows.frame, ranker, (t1, t2), seed=config.seed)
+    save_profile(profile, out / REFERENCE_PROFILE)
+    manifest = definitions_manifest(config)
+    save_manifest(manifest, out / DEFINITIONS_MANIFEST)
+    return {"profiled": len(profile.features), "rows": rows.n, "scores": profile.meta["scores"],
+            "definitions": len(manifest["objects"])}
 
 
 def _ranker_windows(config: Config, start: datetime, end: datetime) -> tuple[datetime, datetime]:
@@ -341,6 +376,7 @@ STEPS = [
     Step("train", step_train, "ALS search, evaluation and serving models (implicit)"),
     Step("feed_ranker", step_feed_ranker, "feed blend on Feast point-in-time features"),
     Step("ranker", step_ranker, "menu ranker on Feast point-in-time features"),
+    Step("monitoring", step_monitoring, "reference profile and definitions manifest for monitoring"),
     Step("gate", step_gate, "quality gate against popularity and the serving model"),
     Step("precompute", step_precompute, "users' restaurants, restaurants' items, embeddings, FAISS index"),
     Step("register", step_register, "versioned model directory in the registry"),

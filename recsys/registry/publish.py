@@ -10,6 +10,14 @@ of the version (layout :data:`ARTIFACTS`)::
     models/<version>/embeddings/user_embedding.parquet
     models/<version>/embeddings/item_embedding.parquet
 
+Beside them, for monitoring (:data:`REFERENCE_PROFILE`, :data:`DEFINITIONS_MANIFEST`; written by
+the nightly, never published online): the reference profile of the ranker's training rows and
+scores (what serving's feature samples are compared with), and the manifest of the feature
+definitions and upstream table schemas the version was trained with (``recsys monitor changes``)::
+
+    models/<version>/monitoring/reference_profile.json
+    models/<version>/monitoring/definitions.json
+
 Publishing reads them back and, per view, with ``event_timestamp = created_timestamp = now``
 and ``model_version`` on every row:
 
@@ -75,6 +83,9 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "user_top_restaurants": ("restaurant_ids", "scores", "model_version"),
 }
 _TS = pl.Datetime("us", "UTC")
+# Monitoring artifacts of a version (paths inside its directory, like ARTIFACTS).
+REFERENCE_PROFILE = "monitoring/reference_profile.json"
+DEFINITIONS_MANIFEST = "monitoring/definitions.json"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The nightly pipeline end to end on the tiny world: publish, crash-resume, rollback."""
 
+import json
 import shutil
 import uuid
 
@@ -10,7 +11,9 @@ from typer.testing import CliRunner
 from jobs.nightly import STEPS, run_nightly
 from jobs.runner import StoppedAfter
 from recsys.features.store import open_store
+from recsys.monitoring.profile import load_profile
 from recsys.registry import Registry
+from recsys.registry.publish import DEFINITIONS_MANIFEST, REFERENCE_PROFILE
 from tests.conftest import FAST_TRAINING, tiny_config
 
 USERS = [{"user_id": u} for u in range(0, 400, 37)]
@@ -56,6 +59,27 @@ def test_nightly_trains_gates_and_publishes_a_version_that_models_list_shows(pub
     _register()
     out = CliRunner().invoke(app, ["--data-dir", str(config.data_dir), "models", "list"])
     assert out.exit_code == 0 and version in out.output
+
+
+def test_the_published_version_carries_its_reference_profile_and_definitions_manifest(published):
+    """Every numeric input of the ranker's feature service and the model's scores are profiled on the
+    training rows; the manifest names every Feast object; both are fingerprinted artifacts."""
+    config, summary = published
+    version = summary["steps"]["register"]["version"]
+    registry = Registry.for_config(config).open()
+    directory, meta = registry.version_dir(version), registry.show(version)
+    assert {REFERENCE_PROFILE, DEFINITIONS_MANIFEST} <= set(meta.artifacts)
+    profile = load_profile(directory / REFERENCE_PROFILE)
+    service = open_store(config).get_feature_service("ranker_v1").feature_view_projections
+    names = {f"{p.name_to_use()}__{f.name}": str(f.dtype) for p in service for f in p.features}
+    scores = {"als_score"} | ({"ranker_score"} if (directory / "ranker.json").exists() else set())
+    empty = set(filter(None, profile.meta["empty"].split(",")))  # no value in the window: named, not profiled
+    assert set(profile.features) | empty == {n for n, dtype in names.items() if dtype != "String"} | scores
+    assert set(profile.meta["not_profiled"].split(",")) == {n for n, dtype in names.items() if dtype == "String"}
+    assert all(groups["all"].rows > 0 for groups in profile.features.values())
+    manifest = json.loads((directory / DEFINITIONS_MANIFEST).read_text())
+    assert {"feature_view:user_stats", "on_demand_feature_view:price_vs_basket", "feature_service:ranker_v1",
+            "entity:user", "table:impressions"} <= set(manifest["objects"])
 
 
 def test_a_run_killed_at_each_step_boundary_publishes_the_same_result(tiny_world, tmp_path_factory, published):
