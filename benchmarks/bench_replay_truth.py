@@ -2,14 +2,14 @@
 offline/online agreement of the policy ranking (issue 5; the CI-sized version is
 tests/integration/test_evaluation_truth.py).
 
-Per seed, two "small" worlds (3,000 users, 300 restaurants, 28 days) that differ only in logging:
+Per seed, two "small" worlds (300 restaurants, 28 days) that differ only in logging (and size):
 
-1. eps-greedy logging (eps = 0.2, the product's setting), the whole feed log. Target: the oracle
+1. eps-greedy logging (eps = 0.2, the product's setting), 3,000 users, the whole feed log. Target: the oracle
    lists (each request's true candidates by true attractiveness). IPS, SNIPS and DR should cover
    its true CTR; replay is reported too, as the case where its assumption fails (matching is
    driven by the greedy ranking, so the matched events are not a random sample of the target's
    slots); the naive logged CTR is the negative control and must miss.
-2. Uniform logging (eps = 1), restricted to the requests with the most common candidate count
+2. Uniform logging (eps = 1), 6,000 users, restricted to the requests with the most common candidate count
    n: there every entry has the same propensity 1/n at every position, the setting of Li et al.
    (2011) where replay is unbiased. Over *all* requests replay is not: a request with n
    candidates matches with probability 1/n, so replay weights requests by 1/n, i.e. over-weights
@@ -21,7 +21,8 @@ Per seed, two "small" worlds (3,000 users, 300 restaurants, 28 days) that differ
 
 Stated in advance, the width bounds: the 95% interval of IPS, SNIPS and DR on the eps-greedy
 small world is narrower than 0.03 (the true CTR is ~0.11: +-14%); replay on the uniform subset
-(a tenth of the requests) narrower than 0.06.
+(a tenth of the requests of the doubled uniform world) narrower than 0.06. (The first 20-world run
+used a uniform world of the preset's size, ~480 matched events: one world of 20 gave 0.063.)
 
 Usage: ``python benchmarks/bench_replay_truth.py [--seeds 20] [--bootstrap 500]``; writes
 benchmarks/results/replay_truth.json and replay_truth.html.
@@ -61,12 +62,20 @@ from recsys.simulation.sampler import (
 SLOTS = 10
 WIDTH_BOUND = {"ips": 0.03, "snips": 0.03, "dr": 0.03, "replay": 0.06}
 COVERAGE_GOAL = 0.9
+# The uniform world has twice the users of the preset: replay keeps 1/n of the equal-n subset (a
+# tenth of the requests), ~480 matched events at the preset's size, where a binomial 95% interval
+# at CTR 0.1 is already ~0.055 wide; doubled, ~960 events and ~0.04.
+UNIFORM_USERS_FACTOR = 2
+
+
+def resolved_users(size: str) -> int:
+    return load_config(environ={}).with_overrides(sim={"size": size}).sim.resolved()["n_users"]
 POLICIES = ("oracle", "oracle+noise1.0", "oracle+noise1.5", "popularity", "logged greedy", "random")
 
 
-def world(tmp: Path, seed: int, epsilon: float, size: str):
+def world(tmp: Path, seed: int, epsilon: float, size: str, n_users: int | None = None):
     config = load_config(environ={}, data_dir=tmp / f"{seed}_{epsilon}", seed=seed).with_overrides(
-        sim={"size": size, "epsilon": epsilon})
+        sim={"size": size, "epsilon": epsilon, "n_users": n_users})
     simulate(config)
     return load_truth(config), load_log(config.raw_dir / "impressions.parquet", surface="feed")
 
@@ -89,7 +98,7 @@ def one_seed(tmp: Path, seed: int, size: str, options: EvalOptions) -> dict:
     check = check_against_truth(truth, log, oracle, surface="feed", options=options)
     out["greedy_logging"] = {name: check.row(name) for name in check.estimates}
 
-    utruth, ulog = world(tmp, seed, 1.0, size)
+    utruth, ulog = world(tmp, seed, 1.0, size, n_users=UNIFORM_USERS_FACTOR * resolved_users(size))
     n = ulog["n_candidates"]
     mode = int(n.mode().sort()[0])
     uniform = subset_requests(ulog, pl.col("n_candidates") == mode)
@@ -199,6 +208,7 @@ def main() -> None:
     summary = {
         "benchmark": "replay_truth", "headline": headline,
         "setup": (f"{len(runs)} seeds x {args.size} worlds (feed, {SLOTS} slots), eps-greedy logging eps=0.2 and "
+                  f"({UNIFORM_USERS_FACTOR}x users) "
                   f"uniform logging eps=1; {args.bootstrap} Poisson-bootstrap resamples over requests."),
         "seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "coverage": coverage, "agreement": agreement, "goals": goals, "runs": runs,
