@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.registry import Registry
     from recsys.registry.publish import publish_version
     from recsys.serving.v1 import recommender_pb2 as pb
-    from recsys.simulation.run import simulate
+    from recsys.simulation.run import simulate, world_path
 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-model-") as tmp:
@@ -217,8 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             project = "bench_serving"
             config = _config(str(tmp / "world"), online, project)
             simulate(config)
+            # Without the ground truth the ranker ships on its held-out AUC alone (on the tiny world
+            # its true CTR does not beat ALS-only, so the nightly would drop it): the model path
+            # measured must include the ranker.
+            world_path(config).unlink()
             source = run_nightly(config, console=Console(file=open(os.devnull, "w")))["steps"]["register"]["version"]
             registry = Registry.for_config(config).open()
+            if not (registry.version_dir(source) / "ranker.json").exists():
+                raise SystemExit(f"version {source} has no ranker: the benchmark would not measure the full path")
             user = int(__import__("polars").read_parquet(
                 registry.version_dir(source) / "embeddings/user_embedding.parquet")["user_id"][0])
             payload = pb.RecommendItemsRequest(user_id=str(user), restaurant_id="1", k=K).SerializeToString()
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result("serving", {
         "settings": {**load, "server_threads": args.server_threads, "k": K, "candidates": CANDIDATES, "dim": DIM,
                      "catalogs": args.catalogs, "online_store": "redis" if online != "sqlite" else "sqlite",
-                     "synthetic_index": True, "address": "127.0.0.1"},
+                     "synthetic_index": True, "ranker": True, "address": "127.0.0.1"},
         "results": results, "ratios": ratios, "memory": memory,
     })
     print(f"-> {path}")

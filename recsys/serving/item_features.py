@@ -87,14 +87,16 @@ class ItemFeatureTable:
         return self
 
     # ---------------------------------------------------------------- lookup
-    def rows(self, item_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Columns for ``item_ids`` in their order; null (NaN / None) for items the table lacks."""
+    def rows(self, item_ids: np.ndarray, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Columns (all, or ``columns`` that the table holds) for ``item_ids`` in their order; null
+        (NaN / None) for items the table lacks."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
         n = len(self.item_ids)
         at = np.minimum(np.searchsorted(self.item_ids, item_ids), max(n - 1, 0))
         known = (self.item_ids[at] == item_ids) if n else np.zeros(len(item_ids), bool)
         out = {}
-        for name, col in self.values.items():
+        wanted = self.values if columns is None else {c: self.values[c] for c in columns if c in self.values}
+        for name, col in wanted.items():
             got = col[at] if n else np.empty(len(item_ids), col.dtype)
             if not known.all():
                 got = got.copy()

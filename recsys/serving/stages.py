@@ -49,6 +49,7 @@ from recsys.ranking.index import ItemIndex
 from recsys.ranking.ranker import ALS_SCORE, HOUR, LinearRanker
 from recsys.serving.domain import Entry, Filtered, RankedList
 from recsys.serving.item_features import ItemFeatureTable
+from recsys.serving.scoring import MenuScorer
 
 # ---- the Feast names this path reads ----
 USER_VECTOR, USER_VERSION = "user_embedding__embedding", "user_embedding__model_version"
@@ -214,6 +215,12 @@ class MenuModel:
     index: ItemIndex
     ranker: LinearRanker | None
     items: ItemFeatureTable
+    scorer: MenuScorer | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.ranker is not None:  # computation once per version (no I/O)
+            object.__setattr__(self, "scorer", MenuScorer(self.ranker, self.items, CONTEXT_VIEWS,
+                                                          (HOUR, DAY_OF_WEEK)))
 
 
 def score_embeddings(index: ItemIndex, inputs: MenuInputs, keep_unknown: bool) -> tuple[Candidates, tuple[Filtered, ...]]:
@@ -242,42 +249,65 @@ def _broadcast(value: Any, n: int) -> np.ndarray:
     return np.full(n, np.nan if value is None else float(value), dtype=np.float64)
 
 
+def request_columns(request_ts: datetime) -> dict[str, float]:
+    """The request-time on-demand features (``request_time``): UTC hour and weekday."""
+    return {HOUR: float(request_ts.hour), DAY_OF_WEEK: float(request_ts.weekday())}
+
+
+def price_vs_basket(price: np.ndarray, basket: Any) -> np.ndarray:
+    """Item price / the user's 28d basket mean; the default where either is unknown."""
+    basket = np.nan if basket is None or not basket > 0 else float(basket)
+    ratio = np.asarray(price, dtype=np.float64) / basket
+    return np.where(np.isnan(ratio), DEFAULT_PRICE_RATIO, ratio)
+
+
 def feature_rows(items: ItemFeatureTable, inputs: MenuInputs, candidates: Candidates,
                  request_ts: datetime) -> dict[str, np.ndarray]:
     """The ranker's input rows for the candidates, under the training names (``ranker_v1``)."""
     n = len(candidates.ids)
     rows: dict[str, np.ndarray] = items.rows(candidates.ids)
-    for name, value in inputs.context.items():
+    for name, value in {**inputs.context, **request_columns(request_ts)}.items():
         rows[name] = _broadcast(value, n)
     rows[ALS_SCORE] = candidates.embedding_score
-    rows[HOUR] = np.full(n, float(request_ts.hour))
-    rows[DAY_OF_WEEK] = np.full(n, float(request_ts.weekday()))
-    price = rows.get(PRICE, np.full(n, np.nan))
-    basket = inputs.context.get(BASKET)
-    basket = np.nan if basket is None or not basket > 0 else float(basket)
-    ratio = np.asarray(price, dtype=np.float64) / basket
-    rows[PRICE_VS_BASKET] = np.where(np.isnan(ratio), DEFAULT_PRICE_RATIO, ratio)
+    rows[PRICE_VS_BASKET] = price_vs_basket(rows.get(PRICE, np.full(n, np.nan)), inputs.context.get(BASKET))
     return rows
+
+
+def candidate_columns(items: ItemFeatureTable, inputs: MenuInputs, candidates: Candidates,
+                      request_ts: datetime, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Only ``columns`` of :func:`feature_rows` (the scorer's per-candidate part asks for these)."""
+    if set(columns) <= {ALS_SCORE, PRICE_VS_BASKET}:
+        rows: dict[str, np.ndarray] = {ALS_SCORE: candidates.embedding_score}
+        if PRICE_VS_BASKET in columns:
+            price = items.rows(candidates.ids, (PRICE,)).get(PRICE, np.full(len(candidates.ids), np.nan))
+            rows[PRICE_VS_BASKET] = price_vs_basket(price, inputs.context.get(BASKET))
+        return rows
+    return feature_rows(items, inputs, candidates, request_ts)
 
 
 def rank(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_ts: datetime,
          explain: bool) -> Candidates:
     """Greedy scores: the ranker's logit (position fixed at 0), or, for a version without a ranker,
-    the embedding score alone (explanation ``ranker_missing = 1``)."""
+    the embedding score alone (explanation ``ranker_missing = 1``). Without ``explain`` the logit
+    comes from the model's :class:`~recsys.serving.scoring.MenuScorer` (the same score, in parts);
+    with it, from the full design, whose per-feature contributions the explanation shows."""
     if model.ranker is None:
         expl = tuple(MappingProxyType({"embedding_score": float(e), "ranker_missing": 1.0})
                      for e in candidates.embedding_score) if explain else None
         return replace(candidates, explanation=expl)
+    if not explain:
+        score = model.scorer.score(
+            candidates.ids, {**inputs.context, **request_columns(request_ts)}, request_ts.hour,
+            lambda columns: candidate_columns(model.items, inputs, candidates, request_ts, columns))
+        return Candidates(candidates.ids, score, candidates.embedding_score)
     X = model.ranker.features_from_rows(feature_rows(model.items, inputs, candidates, request_ts), serving=True)
     score = model.ranker.score(X)
-    expl = None
-    if explain:
-        names = model.ranker.feature_names
-        contrib = model.ranker.contributions(X)
-        expl = tuple(MappingProxyType({"embedding_score": float(candidates.embedding_score[i]),
-                                       "ranker_score": float(score[i]), "ranker_bias": model.ranker.bias,
-                                       **{f"contrib:{n}": float(c) for n, c in zip(names, contrib[i])}})
-                     for i in range(len(score)))
+    names = model.ranker.feature_names
+    contrib = model.ranker.contributions(X)
+    expl = tuple(MappingProxyType({"embedding_score": float(candidates.embedding_score[i]),
+                                   "ranker_score": float(score[i]), "ranker_bias": model.ranker.bias,
+                                   **{f"contrib:{n}": float(c) for n, c in zip(names, contrib[i])}})
+                 for i in range(len(score)))
     return Candidates(candidates.ids, score, candidates.embedding_score, expl)
 
 

@@ -1,0 +1,118 @@
+"""The menu ranker's logit for a request's candidates, evaluated in parts by what each feature reads.
+
+Why: the linear ranker has ~80 design columns, and building all of them for 200 candidates per
+request cost more than the Feast read and the FAISS scoring together. But most columns read only
+the item (``item_stats``, ``item_profile``: fixed for a model version's lifetime, see
+:mod:`recsys.serving.item_features`), or the item and the request hour (category x hour crosses),
+or only the request's context (user, restaurant, request time: one value for every candidate).
+A linear score splits exactly along those lines::
+
+    score = bias + sum_j w_j (x_j - m_j) / s_j
+          = item_part[item] + item_hour_part[item, hour band] + context_part + candidate_part
+
+The item parts are computed once per model version for every item of the table (and once for an
+item the table lacks: all its item features null); the context part from a one-row design; only
+the columns that read per-candidate inputs (the ALS score, price vs basket) are built per
+candidate. Same :class:`~recsys.ranking.ranker.Feature` semantics, same design code
+(:func:`~recsys.ranking.ranker.design_matrix` on each part's features): a test checks the scores
+equal the full design's. Explanations (per-feature contributions) still use the full design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from recsys.ranking.ranker import HOUR, POSITION, Feature, LinearRanker, design_matrix
+from recsys.serving.item_features import ITEM_VIEWS, ItemFeatureTable
+
+ITEM, ITEM_HOUR, CONTEXT, CANDIDATE = "item", "item_hour", "context", "candidate"
+HOURS = np.arange(24)
+
+
+def part_of(feature: Feature, context_views: Sequence[str], context_columns: Sequence[str]) -> str:
+    """Which part of the score ``feature`` belongs to, from the columns it reads."""
+    view = feature.column.partition("__")[0] if "__" in feature.column else None
+    if view in ITEM_VIEWS:
+        return ITEM_HOUR if feature.kind == "onehot_x_hour" else ITEM
+    if view in context_views or feature.column in context_columns or feature.column == POSITION:
+        return CONTEXT
+    return CANDIDATE
+
+
+class _Part:
+    """One part's features and its slice of the linear model: ``design @ coef + offset``."""
+
+    def __init__(self, ranker: LinearRanker, columns: list[int]):
+        self.features = [ranker.features[j] for j in columns]
+        self.coef = ranker.weights[columns] / ranker.scales[columns]
+        self.offset = -float(np.dot(ranker.means[columns], self.coef))
+
+    def __bool__(self) -> bool:
+        return bool(self.features)
+
+    def __call__(self, rows: Mapping[str, Any]) -> np.ndarray:
+        return design_matrix(self.features, rows, serving=True) @ self.coef + self.offset
+
+
+class MenuScorer:
+    """``score(candidate_ids, context, hour, candidate_rows)`` == the ranker's score of the full rows.
+
+    Built once per model version (computation, no I/O): the item parts for every item of
+    ``items`` and for an unknown item, by hour band (the distinct patterns of the crosses' hour
+    ranges over the 24 hours).
+    """
+
+    def __init__(self, ranker: LinearRanker, items: ItemFeatureTable, context_views: Sequence[str],
+                 context_columns: Sequence[str]):
+        parts: dict[str, list[int]] = {ITEM: [], ITEM_HOUR: [], CONTEXT: [], CANDIDATE: []}
+        for j, f in enumerate(ranker.features):
+            parts[part_of(f, context_views, context_columns)].append(j)
+        self.bias = ranker.bias
+        self.item_ids = items.item_ids
+        self.context = _Part(ranker, parts[CONTEXT])
+        self.candidate = _Part(ranker, parts[CANDIDATE])
+        self.candidate_columns = tuple(dict.fromkeys(f.column for f in self.candidate.features))
+        item, item_hour = _Part(ranker, parts[ITEM]), _Part(ranker, parts[ITEM_HOUR])
+        # Row 0 of each table: an item the table lacks (every item feature null); row i + 1: item i.
+        all_rows = _with_unknown(items)
+        self.item_part = item(all_rows) if item else np.zeros(len(self.item_ids) + 1)
+        bands = [tuple((lo <= h < hi) for lo, hi in (f.hours for f in item_hour.features)) for h in HOURS]
+        distinct = list(dict.fromkeys(bands))
+        self.band_of_hour = np.array([distinct.index(b) for b in bands], dtype=np.intp)
+        representative = [bands.index(b) for b in distinct]
+        n = len(self.item_ids) + 1
+        self.item_hour_part = np.stack(
+            [item_hour({**all_rows, HOUR: np.full(n, float(h))}) if item_hour else np.zeros(n)
+             for h in representative], axis=1)
+
+    def rows_of(self, candidate_ids: np.ndarray) -> np.ndarray:
+        """Each candidate's row in the item-part tables (0 for items the table lacks)."""
+        n = len(self.item_ids)
+        if n == 0:
+            return np.zeros(len(candidate_ids), dtype=np.intp)
+        at = np.minimum(np.searchsorted(self.item_ids, candidate_ids), n - 1)
+        return np.where(self.item_ids[at] == candidate_ids, at + 1, 0)
+
+    def score(self, candidate_ids: np.ndarray, context: Mapping[str, Any], hour: int,
+              candidate_rows: Callable[[tuple[str, ...]], Mapping[str, np.ndarray]]) -> np.ndarray:
+        """Logits of the candidates. ``context``: scalars by column (user, restaurant, request time);
+        ``candidate_rows(columns)``: the per-candidate columns asked for (only called if needed)."""
+        rows = self.rows_of(np.asarray(candidate_ids, dtype=np.int64))
+        score = self.item_part[rows] + self.item_hour_part[rows, self.band_of_hour[hour]] + self.bias
+        if self.context:
+            score += self.context({k: [v] for k, v in context.items()} or {"_": [0.0]})[0]
+        if self.candidate:
+            score += self.candidate(candidate_rows(self.candidate_columns))
+        return score
+
+
+def _with_unknown(items: ItemFeatureTable) -> dict[str, np.ndarray]:
+    """The table's columns with a first row of nulls (the unknown item)."""
+    out = {}
+    for name, col in items.values.items():
+        null = np.array([np.nan] if col.dtype.kind == "f" else [None], dtype=col.dtype)
+        out[name] = np.concatenate([null, col])
+    return out or {"_": np.zeros(len(items.item_ids) + 1)}
