@@ -2,8 +2,9 @@
 
 ``python -m jobs.sink [--data-dir DIR] [--config FILE] [--flush]``: reads
 ``<data_dir>/<serving.event_log_dir>/worker-*``, writes closed days to
-``<data_dir>/<serving.sink_dir>/date=YYYY-MM-DD/part-0.parquet`` (see recsys/serving/sink.py for
-the lateness window and idempotency), prints the report as JSON. Run it on a schedule (e.g.
+``<data_dir>/<serving.sink_dir>/date=YYYY-MM-DD/part-0.parquet`` and the feature samples to
+``<data_dir>/<serving.feature_samples_dir>/date=YYYY-MM-DD/part-0.parquet`` (see
+recsys/serving/sink.py for the lateness window and idempotency), prints the report as JSON. Run it on a schedule (e.g.
 hourly); ``--flush`` lands the open days too (end of a test or a closed-loop run).
 """
 
@@ -28,6 +29,7 @@ def sink_job(config: Config, *, flush: bool = False) -> SinkReport:
         resolve_dir(config.data_dir, settings.sink_dir),
         resolve_dir(config.data_dir, settings.sink_state),
         lateness=timedelta(minutes=settings.lateness_minutes), id_type=settings.sink_id_type, flush=flush,
+        samples_dir=resolve_dir(config.data_dir, settings.feature_samples_dir),
     )
 
 

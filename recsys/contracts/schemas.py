@@ -23,6 +23,7 @@ CUISINES: tuple[str, ...] = (
 ITEM_CATEGORIES: tuple[str, ...] = ("main", "side", "starter", "drink", "dessert")
 PLATFORMS: tuple[str, ...] = ("ios", "android", "web")
 SURFACES: tuple[str, ...] = ("feed", "menu")
+ARMS: tuple[str, ...] = ("control", "treatment")  # A/B arms of the serving logs
 #: The level an unseen vocabulary value is mapped to (counted in the report, not quarantined).
 UNKNOWN = "unknown"
 
@@ -208,6 +209,7 @@ IMPRESSIONS = TableSchema(
         Column("clicked", (pl.Boolean,), nullable=False),
         Column("ordered", (pl.Boolean,), nullable=False),
         Column("n_candidates", (pl.Int32,), required=False, range=Range(ge=1)),
+        Column("arm", (pl.Utf8,), required=False, vocabulary=ARMS, unseen="bad"),
     ),
     key=("request_id", "position"),
     rules=(

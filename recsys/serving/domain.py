@@ -17,12 +17,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Literal, Mapping, Protocol, runtime_checkable
+from typing import Callable, Literal, Mapping, Protocol, runtime_checkable
+
+import numpy as np
 
 from recsys.errors import RecsysError
 
 Surface = Literal["feed", "menu"]
 EventKind = Literal["click", "order"]
+Arm = Literal["control", "treatment"]
+CONTROL: Arm = "control"
+TREATMENT: Arm = "treatment"
 PLATFORMS: tuple[str, ...] = ("unknown", "ios", "android", "web")
 
 
@@ -111,12 +116,30 @@ class Filtered:
 
 
 @dataclass(frozen=True)
+class FeatureSample:
+    """The ranker inputs of one sampled request, to be logged off the request's critical path.
+
+    ``compute()`` returns ``(item ids, {feature: (n,) values})``: the candidates the ranker scored
+    and their input rows under the training names. It is a closure over the request's immutable
+    inputs, so running it later (in the sampler's thread) gives exactly what the ranker used.
+    """
+
+    model_version: str
+    user_id: int
+    restaurant_id: int
+    ts: datetime  # the request time the features were computed for
+    compute: Callable[[], tuple[np.ndarray, Mapping[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
 class RankedList:
     """What a recommender answers: the shown entries in position order.
 
     ``model_version`` is the policy that produced the list (a model version, or a fallback
     policy's name): it is logged as the impressions log's ``policy``. ``n_candidates`` is the
-    number of candidates the exploration ranked (the ``n`` of ``epsilon / n``).
+    number of candidates the exploration ranked (the ``n`` of ``epsilon / n``). ``arm`` is the A/B
+    arm of the user (``control`` when no experiment runs); whichever policy answered, the list
+    counts for that arm. ``feature_sample`` is set on the requests chosen for feature sampling.
     """
 
     request_id: str
@@ -126,6 +149,8 @@ class RankedList:
     degraded_reason: str = ""
     filters: tuple[Filtered, ...] = ()
     n_candidates: int = 0
+    arm: Arm = CONTROL
+    feature_sample: FeatureSample | None = None
 
 
 @dataclass(frozen=True)

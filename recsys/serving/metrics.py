@@ -25,11 +25,24 @@ class Metrics:
                               ["type"], registry=r)
         self.model = Gauge("recsys_model_version_info", "1 for the model version being served.",
                            ["version"], registry=r)
+        self.arms = Gauge("recsys_ab_arm_share", "Share of users each A/B arm's version serves.",
+                          ["arm", "version"], registry=r)
+        self.feature_samples = Counter("recsys_feature_samples_total",
+                                       "Sampled requests' feature rows: logged, dropped (queue full), failed.",
+                                       ["outcome"], registry=r)
         self._http = None
 
     def set_model_version(self, version: str) -> None:
         self.model.clear()
         self.model.labels(version=version).set(1)
+
+    def set_arms(self, info: dict[str, str]) -> None:
+        """From model info: ``arm:<name>`` -> version and ``ab_share`` (no arms: nothing)."""
+        self.arms.clear()
+        if "arm:treatment" in info:
+            share = float(info["ab_share"])
+            self.arms.labels(arm="control", version=info["arm:control"]).set(1.0 - share)
+            self.arms.labels(arm="treatment", version=info["arm:treatment"]).set(share)
 
     def start_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics on ``host:port`` (0: a free port); return the port."""

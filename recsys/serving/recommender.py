@@ -21,6 +21,15 @@ Every answer the model cannot give is a flagged fallback (``degraded=True``, rea
 
 Unknown restaurants are NOT_FOUND (from the popularity tables), as in the fallback policy. Each
 request retries the store, so the service recovers by itself when it is back.
+
+A/B arms (``serving.ab_version``, ``ab_share``, ``ab_salt``): a second registry version, loaded
+once beside the serving one (its rows in memory, see :mod:`recsys.serving.arms`), answers the
+users of the treatment arm; the control follows the pointer with hot reload. Each arm has the
+fallbacks above; a list carries its user's ``arm`` whichever policy answered it, and its
+``model_version`` is the one that did. Feature sampling (``serving.feature_sample_rate``): a menu
+request answered by a version with a ranker and chosen by :func:`~recsys.monitoring.samples.is_sampled`
+carries a :class:`~recsys.serving.domain.FeatureSample` the servicer logs off the critical path.
+For other requests, arm choice and sampling cost one hash and a branch each.
 """
 
 from __future__ import annotations
@@ -36,19 +45,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recsys.errors import DataContractError, NotFoundError
+from recsys.errors import ConfigError, DataContractError, NotFoundError
+from recsys.monitoring.samples import is_sampled
 from recsys.ranking.index import ItemIndex
 from recsys.ranking.ranker import LinearRanker
+from recsys.serving.arms import VERSION_COLUMNS, Split, VersionReader, VersionRows
 from recsys.serving.domain import (
-    FailedPreconditionError, ItemsRequest, RankedList, RestaurantsRequest,
+    CONTROL, TREATMENT, Arm, FailedPreconditionError, FeatureSample, ItemsRequest, RankedList, RestaurantsRequest,
 )
 from recsys.serving.fallback import PopularityRecommender
 from recsys.serving.item_features import ITEM_VIEWS, ItemFeatureTable
 from recsys.serving.settings import ServingConfig, serving_config
 from recsys.serving.stages import (
-    FEED_COLUMNS, STORE_UNAVAILABLE, Candidates, Exploration, MenuModel, OnlineReader, OpeningHours,
-    StoreUnavailableError, drop_closed, feed_fallback_reason, menu_columns, menu_fallback_reason, parse_feed,
-    parse_menu, present, rank_menu_candidates, request_hour,
+    FEED_COLUMNS, STORE_UNAVAILABLE, Candidates, Exploration, MenuInputs, MenuModel, OnlineReader, OpeningHours,
+    StoreUnavailableError, drop_closed, feature_rows, feed_fallback_reason, menu_columns, menu_fallback_reason,
+    parse_feed, parse_menu, present, rank_menu_candidates, request_hour, score_embeddings,
 )
 
 logger = logging.getLogger("recsys.serving.model")
@@ -65,8 +76,8 @@ class Bundle:
     generation: int
     menu: MenuModel
     hours: OpeningHours
-    menu_reader: OnlineReader
-    feed_reader: OnlineReader
+    menu_reader: OnlineReader | VersionReader
+    feed_reader: OnlineReader | VersionReader
     loaded_at: datetime
 
 
@@ -106,6 +117,20 @@ def _parse_id(value: str) -> int | None:
         return None
 
 
+def _user_key(user_id: str, uid: int | None) -> str:
+    """The id the A/B split hashes: the integer's canonical form (``"042"`` is user 42)."""
+    return user_id if uid is None else str(uid)
+
+
+def _feature_sample(bundle: Bundle, inputs: MenuInputs, request_ts: datetime, uid: int, rid: int) -> FeatureSample:
+    """The ranker's input rows of this request, computed when the sampler gets to it: the same
+    stages (FAISS scores of every candidate, then :func:`feature_rows`) on the same immutable inputs."""
+    def compute():
+        scored, _ = score_embeddings(bundle.menu.index, inputs, keep_unknown=True)
+        return scored.ids, feature_rows(bundle.menu.items, inputs, scored, request_ts)
+    return FeatureSample(model_version=bundle.version, user_id=uid, restaurant_id=rid, ts=request_ts, compute=compute)
+
+
 def load_opening_hours(clean_dir: Path) -> OpeningHours:
     path = Path(clean_dir) / "restaurants.parquet"
     if not path.exists():
@@ -139,7 +164,10 @@ class ModelRecommender:
         self.last_good = LastKnownGood(self.settings.last_known_good_entries if last_known_good is None
                                        else last_known_good)
         self._store = store
+        self.split = Split(self.settings.ab_share, self.settings.ab_key) if self.settings.ab_version else None
+        self.sample_rate = self.settings.feature_sample_rate
         self._bundle: Bundle | None = None
+        self._treatment: Bundle | None = None
         self._popularity: PopularityRecommender | None = None
         self._registry = None
         self._executor: ThreadPoolExecutor | None = None
@@ -157,11 +185,15 @@ class ModelRecommender:
         if self._registry.serving() is None:
             raise FailedPreconditionError(f"no serving model version in {self._registry.root}: run `recsys nightly` "
                                           "or serve with --policy popularity")
+        if self.split is not None:
+            self._require_version(self.settings.ab_version)
         self._store = self._store or open_store(self.config)
         self._executor = ThreadPoolExecutor(max_workers=max(4, self.settings.threads),
                                             thread_name_prefix="feast-read")
         self._popularity = PopularityRecommender.for_config(self.config, self.settings).load()
         self.reload()
+        if self.split is not None:
+            self._treatment = self._load_treatment(self.settings.ab_version)
         if self.poll_seconds > 0:
             self._watcher = threading.Thread(target=self._watch, name="registry-watch", daemon=True)
             self._watcher.start()
@@ -174,7 +206,8 @@ class ModelRecommender:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _build(self, version: str, generation: int) -> Bundle:
+    def _build(self, version: str, generation: int, rows: VersionRows | None = None) -> Bundle:
+        """The version's bundle; with ``rows``, its model-derived columns come from them, not the store."""
         directory = self._registry.version_dir(version)
         index = ItemIndex.load(directory / INDEX_FILE)
         ranker_path = directory / RANKER_FILE
@@ -182,12 +215,39 @@ class ModelRecommender:
         item_columns = [c for c in (ranker.input_columns if ranker else ()) if c.partition("__")[0] in ITEM_VIEWS]
         items = ItemFeatureTable(columns=item_columns).load(self._store, self.config.data_dir) if ranker \
             else ItemFeatureTable(columns=())
+        menu_reader = OnlineReader(self._store, menu_columns(ranker), self._executor)
+        feed_reader = OnlineReader(self._store, FEED_COLUMNS, self._executor)
+        if rows is not None:
+            store_columns = [c for c in menu_reader.columns if c not in VERSION_COLUMNS]
+            menu_reader = VersionReader(OnlineReader(self._store, store_columns, self._executor), rows.menu)
+            feed_reader = VersionReader(None, rows.feed_row)
         return Bundle(version=version, generation=generation,
                       menu=MenuModel(version, index, ranker, items),
                       hours=load_opening_hours(self.config.clean_dir),
-                      menu_reader=OnlineReader(self._store, menu_columns(ranker), self._executor),
-                      feed_reader=OnlineReader(self._store, FEED_COLUMNS, self._executor),
+                      menu_reader=menu_reader, feed_reader=feed_reader,
                       loaded_at=datetime.now(timezone.utc))
+
+    def _require_version(self, version: str) -> None:
+        from recsys.registry.errors import RegistryError
+
+        try:
+            exists = self._registry.exists(version)
+        except RegistryError as exc:  # not a well-formed version id
+            raise ConfigError(f"serving.ab_version: {exc}") from None
+        if not exists:
+            known = [m.version for m in self._registry.list_versions()][-5:]
+            raise ConfigError(f"serving.ab_version={version!r}: no such version in {self._registry.models_dir} "
+                              f"(latest: {', '.join(known) or 'none'})")
+
+    def _load_treatment(self, version: str) -> Bundle:
+        """The treatment arm's bundle: ``version`` from the registry, its rows for its users in memory."""
+        rows = VersionRows.load(self._registry.version_dir(version), version,
+                                lambda uid: self.split.is_treatment(str(uid)))
+        bundle = self._build(version, generation=-1, rows=rows)
+        self._warm_up(bundle)
+        logger.info("A/B treatment loaded", extra={"fields": {"ab_version": version, "ab_share": self.split.share,
+                                                              "treatment_users": len(rows.users)}})
+        return bundle
 
     def _warm_up(self, bundle: Bundle) -> None:
         """One read per reader (Feast loads its registry on the first call); failures are fine."""
@@ -205,11 +265,21 @@ class ModelRecommender:
         return self._bundle
 
     # ---------------------------------------------------------------- the Recommender protocol
+    def _arm(self, user_id: str, uid: int | None) -> tuple[Bundle, Arm]:
+        """This request's version and arm (whatever reloads happen meanwhile, it keeps them)."""
+        if self._treatment is not None and self.split.is_treatment(_user_key(user_id, uid)):
+            return self._treatment, TREATMENT
+        return self.bundle, CONTROL
+
     def recommend_items(self, request: ItemsRequest) -> RankedList:
-        bundle = self.bundle  # this request's version, whatever reloads happen meanwhile
         rid, uid = _parse_id(request.restaurant_id), _parse_id(request.user_id)
         if rid is None:
             raise NotFoundError(f"restaurant_id={request.restaurant_id!r} not found")
+        bundle, arm = self._arm(request.user_id, uid)
+        ranked = self._items(bundle, request, uid, rid)
+        return ranked if arm == CONTROL else replace(ranked, arm=arm)
+
+    def _items(self, bundle: Bundle, request: ItemsRequest, uid: int | None, rid: int) -> RankedList:
         if uid is None:
             return self._popular_items(request, "unknown_user")
         request_ts = request.context.request_time or datetime.now(timezone.utc)
@@ -229,11 +299,19 @@ class ModelRecommender:
             return self._popular_items(request, reason)
         candidates, filters = rank_menu_candidates(inputs, bundle.menu, request_ts, request.explain)
         self.last_good.put(("menu", uid, rid), bundle.version, candidates)
-        return present(candidates, filters, request, self.exploration, policy=bundle.version)
+        ranked = present(candidates, filters, request, self.exploration, policy=bundle.version)
+        if self.sample_rate > 0 and bundle.menu.ranker is not None and is_sampled(request.request_id,
+                                                                                  self.sample_rate):
+            ranked = replace(ranked, feature_sample=_feature_sample(bundle, inputs, request_ts, uid, rid))
+        return ranked
 
     def recommend_restaurants(self, request: RestaurantsRequest) -> RankedList:
-        bundle = self.bundle
         uid = _parse_id(request.user_id)
+        bundle, arm = self._arm(request.user_id, uid)
+        ranked = self._restaurants(bundle, request, uid)
+        return ranked if arm == CONTROL else replace(ranked, arm=arm)
+
+    def _restaurants(self, bundle: Bundle, request: RestaurantsRequest, uid: int | None) -> RankedList:
         if uid is None:
             return self._popular_restaurants(request, "unknown_user")
         request_ts = request.context.request_time or datetime.now(timezone.utc)
@@ -267,6 +345,10 @@ class ModelRecommender:
                 "last_known_good_entries": str(len(self.last_good)), "reload_errors": str(self.reload_errors)}
         for view, snap in b.menu.items.snapshots.items():
             info[f"snapshot:{view}"] = snap.snapshot.isoformat() if snap.snapshot else "none"
+        info["feature_sample_rate"] = f"{self.sample_rate:g}"
+        if self._treatment is not None:
+            info.update({"arm:control": b.version, "arm:treatment": self._treatment.version,
+                         "ab_share": f"{self.split.share:g}", "ab_salt": self.split.salt})
         return info
 
     def reload(self) -> str:

@@ -26,6 +26,7 @@ from recsys.serving.domain import Recommender
 from recsys.serving.eventlog import EventLog
 from recsys.serving.logs import configure_logging
 from recsys.serving.metrics import Metrics
+from recsys.serving.sampling import FeatureSampleLogger
 from recsys.serving.servicer import RecommenderServicer
 from recsys.serving.settings import ServingConfig, resolve_dir, serving_config
 from recsys.serving.v1 import recommender_pb2 as pb
@@ -38,10 +39,11 @@ THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def create_server(settings: ServingConfig, recommender: Recommender, event_log: EventLog, *,
                   metrics: Metrics | None = None, health_servicer: health.HealthServicer | None = None,
-                  worker: int = 0) -> grpc.Server:
+                  worker: int = 0, samples: FeatureSampleLogger | None = None) -> grpc.Server:
     """A server with the Recommender service, health checking and reflection; not bound, not started.
 
-    The caller binds it (``server.add_insecure_port("host:port")``) and starts it.
+    The caller binds it (``server.add_insecure_port("host:port")``) and starts it. ``samples``: the
+    feature-sample logger, for a caller that closes it before the event log (default: one of its own).
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -51,7 +53,7 @@ def create_server(settings: ServingConfig, recommender: Recommender, event_log: 
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
                          options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-    servicer = RecommenderServicer(recommender, event_log, settings, metrics, worker)
+    servicer = RecommenderServicer(recommender, event_log, settings, metrics, worker, samples)
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health_servicer or health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -75,6 +77,9 @@ def default_recommender(config, settings: ServingConfig) -> Recommender:
 
         serving = config.registry_dir.exists() and Registry.for_config(config).open().serving() is not None
         policy = "model" if serving else "popularity"
+    if settings.ab_version is not None and policy != "model":
+        raise ConfigError(f"serving.ab_version={settings.ab_version!r}: A/B arms need the model policy "
+                          f"(policy={settings.policy!r} resolved to {policy!r})")
     if policy == "model":
         from recsys.serving.recommender import ModelRecommender
 
@@ -99,7 +104,8 @@ def serve(config, settings: ServingConfig | None = None, *, worker: int = 0, rec
     """Run one server process until SIGTERM/SIGINT (or ``stop``), then stop gracefully.
 
     Graceful stop: health goes NOT_SERVING, new calls are refused, calls in flight get
-    ``grace_seconds`` to finish (their lists are logged), then the event log is closed.
+    ``grace_seconds`` to finish (their lists are logged), queued feature samples are logged, then
+    the event log is closed.
     """
     settings = settings or serving_config(config)
     configure_logging(settings.log_level, worker)
@@ -107,11 +113,14 @@ def serve(config, settings: ServingConfig | None = None, *, worker: int = 0, rec
     recommender = recommender or default_recommender(config, settings)
     limit_threads()
     metrics = Metrics()
-    metrics.set_model_version(recommender.model_info().get("model_version", ""))
+    info = recommender.model_info()
+    metrics.set_model_version(info.get("model_version", ""))
+    metrics.set_arms(info)
     event_log = EventLog(worker_log_dir(config, settings, worker), segment_bytes=settings.segment_bytes).open()
+    samples = FeatureSampleLogger(event_log, metrics)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     server = create_server(settings, recommender, event_log, metrics=metrics, health_servicer=health_servicer,
-                           worker=worker)
+                           worker=worker, samples=samples)
     address = f"{settings.host}:{settings.port}"
     try:
         port = server.add_insecure_port(address)
@@ -133,6 +142,7 @@ def serve(config, settings: ServingConfig | None = None, *, worker: int = 0, rec
     logger.info("stopping", extra={"fields": {"grace_seconds": settings.grace_seconds}})
     health_servicer.enter_graceful_shutdown()
     server.stop(settings.grace_seconds).wait()
+    samples.close(timeout=settings.grace_seconds)
     event_log.close()
     close = getattr(recommender, "close", None)  # the model recommender's reload watcher
     if close is not None:

@@ -4,7 +4,9 @@ Each RPC method is a few lines; :meth:`RecommenderServicer._handle` wraps them a
 same request id, deadline check, error mapping (``context.abort``), metrics and one JSON log
 line. A served list is appended to the event log, durably, *before* the response is returned:
 a list the client saw is a list the log holds. When the log cannot make it durable in time, the
-call fails (UNAVAILABLE or DEADLINE_EXCEEDED) rather than answer unlogged.
+call fails (UNAVAILABLE or DEADLINE_EXCEEDED) rather than answer unlogged. A list chosen for
+feature sampling hands its sample to :class:`~recsys.serving.sampling.FeatureSampleLogger`, which
+logs it after the answer, off the request's path.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from recsys.serving.domain import (
 )
 from recsys.serving.eventlog import EventLog, EventLogError
 from recsys.serving.metrics import Metrics
+from recsys.serving.sampling import FeatureSampleLogger
 from recsys.serving.settings import ServingConfig
 from recsys.serving.v1 import recommender_pb2 as pb
 from recsys.serving.v1 import recommender_pb2_grpc as pb_grpc
@@ -80,12 +83,13 @@ class _Call:
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     def __init__(self, recommender: Recommender, event_log: EventLog, settings: ServingConfig,
-                 metrics: Metrics | None = None, worker: int = 0):
+                 metrics: Metrics | None = None, worker: int = 0, samples: FeatureSampleLogger | None = None):
         self.recommender = recommender
         self.event_log = event_log
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.worker = worker
+        self.samples = samples or FeatureSampleLogger(event_log, self.metrics)
 
     # ---------------------------------------------------------------- RPCs
     def RecommendItems(self, request: pb.RecommendItemsRequest, context) -> pb.RecommendResponse:
@@ -127,10 +131,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         served_at = datetime.now(timezone.utc)
         self._append(call, [events.served_record(req, ranked, served_at)])
         self.metrics.events.labels(type=events.SERVED).inc()
+        if ranked.feature_sample is not None:
+            self.samples.submit(ranked.request_id, ranked.feature_sample, served_at)
         if ranked.degraded:
             self.metrics.degraded.labels(method=req.surface, reason=ranked.degraded_reason).inc()
         call.fields.update(user_id=req.user_id, k=req.k, n=len(ranked.entries), model_version=ranked.model_version,
-                           degraded=ranked.degraded)
+                           arm=ranked.arm, degraded=ranked.degraded)
         return convert.response_to_proto(ranked, req.explain)
 
     def _append(self, call: _Call, records: list[dict]) -> None:
@@ -155,6 +161,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             raise PermissionDeniedError("admin token rejected", authenticated=True)
         version = action()
         self.metrics.set_model_version(version)
+        self.metrics.set_arms(self.recommender.model_info())
         call.fields["model_version"] = version
         return pb.AdminResponse(model_version=version)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class ServingConfig(BaseModel):
@@ -31,6 +31,14 @@ class ServingConfig(BaseModel):
     reload_poll_seconds: float = Field(default=1.0, ge=0)
     last_known_good_entries: int = Field(default=100_000, ge=0)
     epsilon: float = Field(default=0.1, ge=0.0, le=1.0)  # exploration share (DESIGN.md)
+    # ---- A/B arms: ab_share of users (by a hash of the user id salted with ab_salt) are served by
+    # ab_version, a registry version loaded beside the serving one; the rest by the serving one.
+    # The salt defaults to ab_version, so each new treatment gets a fresh split of the users.
+    ab_version: str | None = None
+    ab_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    ab_salt: str | None = Field(default=None, min_length=1)
+    # ---- feature sampling: this share of requests (by request id) logs the ranker's input rows ----
+    feature_sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     popularity_candidates: int = Field(default=50, ge=1)  # candidates the fallback explores over
     # ---- request limits (bad input is INVALID_ARGUMENT naming the field) ----
     k_max: int = Field(default=100, ge=1)
@@ -53,6 +61,18 @@ class ServingConfig(BaseModel):
     # request; a day is landed once the newest event in the log is this far past its end.
     lateness_minutes: float = Field(default=60.0, ge=0)
     sink_id_type: Literal["int64", "string"] = "int64"  # id columns of the landed log
+    feature_samples_dir: Path = Path("feature_samples")  # date=YYYY-MM-DD/part-0.parquet
+
+    @model_validator(mode="after")
+    def _ab_needs_a_version(self) -> "ServingConfig":
+        if self.ab_share > 0 and self.ab_version is None:
+            raise ValueError(f"ab_share={self.ab_share} needs ab_version (the treatment's registry version)")
+        return self
+
+    @property
+    def ab_key(self) -> str:
+        """The salt of the user split: ``ab_salt``, else ``ab_version``."""
+        return self.ab_salt or self.ab_version or ""
 
 
 def resolve_dir(data_dir: Path, path: Path) -> Path:

@@ -17,6 +17,15 @@ position), written to a temporary file, fsync'd and renamed. The state file (com
 per log, landed days) is written after the partitions, also atomically; a run killed between
 the two rewrites the same bytes next time. Re-running over the same offsets gives the same files.
 
+A/B arms. Each row carries its list's ``arm`` (``control`` / ``treatment``; lists logged before
+arms existed are ``control``), and ``policy`` is the version (or fallback) that answered.
+
+Feature samples. ``features`` records (the ranker's input rows of sampled requests) land with the
+day of the list they belong to, in the samples contract (``recsys.monitoring.samples``, long
+format) at ``<samples_dir>/date=YYYY-MM-DD/part-0.parquet`` (default: ``feature_samples`` beside
+``out_dir``: never inside it, where impressions-log readers would take it for impressions).
+A sample whose day was already landed is counted as late, not written.
+
 Ids. With ``id_type="int64"`` (the simulator's ids) id columns are Int64; a request whose ids
 are not integers goes to ``<sink_dir>_quarantine/date=.../part-0.parquet`` with the reason, never
 silently dropped. ``id_type="string"`` keeps ids as strings.
@@ -32,9 +41,11 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Literal
 
+import numpy as np
 import polars as pl
 
 from recsys.errors import DataContractError
+from recsys.monitoring import samples
 from recsys.serving import events
 from recsys.serving.eventlog import EventLogReader, list_segments
 
@@ -53,6 +64,8 @@ class SinkReport:
     feedback_late: int  # received after the lateness window, or for a day already landed
     feedback_pending: int  # for requests of days still open: read again next run
     pending_requests: int
+    feature_samples: int  # sampled requests whose feature rows were landed
+    feature_samples_late: int  # for a day already landed: not written
     watermark: str | None
     offsets: dict[str, int]
 
@@ -117,7 +130,7 @@ def _rows(served: Iterable[dict], clicks: dict, orders: dict) -> list[dict]:
             out.append({
                 "request_id": s["request_id"], "ts": s["ts_us"], "user_id": s["user_id"], "surface": s["surface"],
                 "restaurant_id": s["restaurant_id"] if menu else entity, "item_id": entity if menu else None,
-                "position": position, "propensity": propensity, "policy": s["policy"],
+                "position": position, "propensity": propensity, "policy": s["policy"], "arm": events.arm_of(s),
                 "clicked": ordered or key in clicks, "ordered": ordered, "n_candidates": s["n_candidates"],
                 "score": score, "degraded": s["degraded"], "degraded_reason": s["degraded_reason"],
                 "platform": s.get("platform", "unknown"),
@@ -127,9 +140,9 @@ def _rows(served: Iterable[dict], clicks: dict, orders: dict) -> list[dict]:
 
 SCHEMA = {
     "request_id": pl.Utf8, "ts": pl.Int64, "user_id": pl.Utf8, "surface": pl.Utf8, "restaurant_id": pl.Utf8,
-    "item_id": pl.Utf8, "position": pl.Int16, "propensity": pl.Float64, "policy": pl.Utf8, "clicked": pl.Boolean,
-    "ordered": pl.Boolean, "n_candidates": pl.Int32, "score": pl.Float64, "degraded": pl.Boolean,
-    "degraded_reason": pl.Utf8, "platform": pl.Utf8,
+    "item_id": pl.Utf8, "position": pl.Int16, "propensity": pl.Float64, "policy": pl.Utf8, "arm": pl.Utf8,
+    "clicked": pl.Boolean, "ordered": pl.Boolean, "n_candidates": pl.Int32, "score": pl.Float64,
+    "degraded": pl.Boolean, "degraded_reason": pl.Utf8, "platform": pl.Utf8,
 }
 
 
@@ -150,10 +163,23 @@ def _frame(rows: list[dict], id_type: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     return good, bad
 
 
+def _samples_frame(records: list[dict]) -> pl.DataFrame:
+    """Feature records in the samples contract, ordered by (served time, request id)."""
+    frames = [samples.sample_frame(
+        request_id=r["request_id"], ts=events.from_us(r["ts_us"]), model_version=r["policy"], surface=r["surface"],
+        user_id=r["user_id"], restaurant_id=r["restaurant_id"], item_ids=r["item_ids"],
+        rows={name: np.asarray(values, dtype=np.float64) for name, values in r["features"].items()})
+        for r in sorted(records, key=lambda r: (r["served_us"], r["request_id"]))]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=samples.SCHEMA)
+
+
 def run_sink(log_root: Path, out_dir: Path, state_path: Path, *, lateness: timedelta,
-             id_type: Literal["int64", "string"] = "int64", flush: bool = False) -> SinkReport:
-    """Land every closed day of the logs under ``log_root`` into ``out_dir``; see the module doc."""
+             id_type: Literal["int64", "string"] = "int64", flush: bool = False,
+             samples_dir: Path | None = None) -> SinkReport:
+    """Land every closed day of the logs under ``log_root`` into ``out_dir`` (and feature samples
+    into ``samples_dir``); see the module doc."""
     out_dir, state_path = Path(out_dir), Path(state_path)
+    samples_dir = out_dir.with_name("feature_samples") if samples_dir is None else Path(samples_dir)
     quarantine_dir = out_dir.with_name(out_dir.name + "_quarantine")
     state = _load_state(state_path)
     landed = set(state["landed"])
@@ -169,7 +195,9 @@ def run_sink(log_root: Path, out_dir: Path, state_path: Path, *, lateness: timed
             ends[name] = rec.offset + 1
 
     def event_time(r: dict) -> int:
-        return r["ts_us"] if r["type"] == events.SERVED else r["received_us"]
+        if r["type"] == events.SERVED:
+            return r["ts_us"]
+        return r["served_us"] if r["type"] == events.FEATURES else r["received_us"]
 
     watermark = max((event_time(r) for _, _, r in read), default=None)
     served_by_day: dict[str, list[dict]] = defaultdict(list)
@@ -199,12 +227,24 @@ def run_sink(log_root: Path, out_dir: Path, state_path: Path, *, lateness: timed
         else:
             pending += 1
 
-    rows = requests = quarantined = 0
+    sampled: dict[str, list[dict]] = defaultdict(list)
+    samples_late = 0
+    for name, offset, r in read:
+        if r["type"] == events.FEATURES:
+            if _day(r["served_us"]) in landed:
+                samples_late += offset >= int(state["read_to"].get(name, 0))
+            else:
+                sampled[_day(r["served_us"])].append(r)
+
+    rows = requests = quarantined = n_samples = 0
     for day in closing:
         good, bad = _frame(_rows(served_by_day[day], clicks, orders), id_type)
         _atomic_write_parquet(good, out_dir / f"date={day}" / PART)
         if bad.height:
             _atomic_write_parquet(bad, quarantine_dir / f"date={day}" / PART)
+        if sampled[day]:
+            _atomic_write_parquet(_samples_frame(sampled[day]), samples_dir / f"date={day}" / PART)
+            n_samples += len(sampled[day])
         rows += good.height
         requests += good["request_id"].n_unique()
         quarantined += bad["request_id"].n_unique() if bad.height else 0
@@ -223,5 +263,6 @@ def run_sink(log_root: Path, out_dir: Path, state_path: Path, *, lateness: timed
         days_written=tuple(closing), rows=rows, requests=requests, quarantined_requests=quarantined,
         feedback_joined=joined, feedback_late=late, feedback_pending=pending,
         pending_requests=sum(len(served_by_day[d]) for d in open_days),
+        feature_samples=n_samples, feature_samples_late=samples_late,
         watermark=events.from_us(watermark).isoformat() if watermark is not None else None, offsets=offsets,
     )

@@ -4,6 +4,7 @@ the lateness window; quarantine of ids that are not integers."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from datetime import datetime, timedelta, timezone
@@ -165,3 +166,24 @@ def test_a_day_lands_once_the_watermark_passes_its_end_plus_lateness(tmp_path):
     assert df["clicked"].to_list() == [True, False]
     third = run_sink(logs, out, state, lateness=lateness, flush=True)
     assert third.days_written == ("2026-10-21",) and third.requests == 2 and third.feedback_late == 0
+
+
+def test_lists_logged_before_arms_land_as_control_and_unknown_record_versions_are_refused(tmp_path):
+    logs, out = tmp_path / "events", tmp_path / "out"
+    at = datetime(2026, 10, 20, 12, tzinfo=UTC)
+    v1 = events.served_record(ItemsRequest(request_id="old", user_id="1", restaurant_id="0", k=1),
+                              RankedList("old", "v1", (Entry("1", 1.0, 0, 1.0),), n_candidates=1), at)
+    del v1["arm"]
+    v1["v"] = 1  # a record written before the format had arms
+    treated = RankedList("new", "v2", (Entry("2", 1.0, 0, 1.0),), n_candidates=1, arm="treatment")
+    with EventLog(logs / "worker-0") as log:
+        log.append(events.encode(v1))
+        log.append(_served("plain", at))
+        log.append(events.encode(events.served_record(
+            ItemsRequest(request_id="new", user_id="1", restaurant_id="0", k=1), treated, at)))
+    run_sink(logs, out, tmp_path / "state.json", lateness=timedelta(minutes=60), flush=True)
+    df = pl.read_parquet(out)
+    assert dict(zip(df["request_id"], df["arm"])) == {"old": "control", "plain": "control", "new": "treatment"}
+    for record in ({"type": "features", "v": 1}, {"type": "served", "v": 3}, {"type": "served"}):
+        with pytest.raises(ValueError, match="unknown event record"):
+            events.decode(json.dumps(record).encode())

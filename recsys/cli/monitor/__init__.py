@@ -31,4 +31,4 @@ def write_json(out: Path | None, obj: dict) -> None:
 
 
 # Subcommands register themselves on `monitor` when imported.
-from recsys.cli.monitor import drift, health  # noqa: F401
+from recsys.cli.monitor import changes, drift, health, quality, skew  # noqa: F401
