@@ -24,6 +24,11 @@ def serve(
     policy: Optional[str] = typer.Option(
         None, help="model: the registry's serving version (FAISS + ranker); popularity: the fallback alone; "
                      "auto: model when a serving version exists, else popularity."),
+    ab_version: Optional[str] = typer.Option(None, help="A/B: the registry version serving the treatment arm."),
+    ab_share: Optional[float] = typer.Option(None, help="A/B: share of users (by salted hash) in the treatment."),
+    ab_salt: Optional[str] = typer.Option(None, help="A/B: salt of the user hash (default: the version)."),
+    feature_sample_rate: Optional[float] = typer.Option(
+        None, help="Share of menu requests whose ranker inputs are logged for skew/drift monitoring."),
 ) -> None:
     """Serve recommendations over gRPC until SIGTERM/SIGINT; every served list is logged durably."""
     from recsys.errors import ConfigError
@@ -32,7 +37,9 @@ def serve(
 
     config = get_config(ctx)
     updates = {k: v for k, v in dict(host=host, port=port, workers=workers, metrics_port=metrics_port,
-                                      epsilon=epsilon, policy=policy).items() if v is not None}
+                                      epsilon=epsilon, policy=policy, ab_version=ab_version, ab_share=ab_share,
+                                      ab_salt=ab_salt, feature_sample_rate=feature_sample_rate).items()
+               if v is not None}
     if no_metrics:
         updates["metrics_port"] = None
     if admin_token_file is not None:

@@ -29,13 +29,20 @@ MAX_EXAMPLES = 5
 
 
 def scan_table(path: str | Path) -> pl.LazyFrame:
-    """A lazy scan of a Parquet file or of every ``*.parquet`` under a directory."""
+    """A lazy scan of a Parquet file or of every ``*.parquet`` under a directory.
+
+    Files of a directory may differ in optional columns (e.g. the sink's ``arm``, added later):
+    a column missing from a file reads as null there."""
     path = Path(path)
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*.parquet"))
         if not files:
             raise DataContractError(f"{path}: directory holds no *.parquet files")
-        return pl.scan_parquet(files, row_index_name=ROW)
+        schemas = {tuple(pl.read_parquet_schema(f).items()) for f in files}
+        if len(schemas) == 1:
+            return pl.scan_parquet(files, row_index_name=ROW)
+        frames = [pl.scan_parquet(f) for f in files]
+        return pl.concat(frames, how="diagonal_relaxed").with_row_index(ROW)
     if not path.exists():
         raise DataContractError(f"{path}: no such file or directory")
     return pl.scan_parquet(path, row_index_name=ROW)

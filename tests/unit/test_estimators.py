@@ -242,3 +242,17 @@ def test_reward_model_integer_id_path_equals_the_general_path():
     strings = ints.with_columns(pl.col(ENTITY).cast(pl.Utf8), pl.col(POLICY_ENTITY).cast(pl.Utf8))
     np.testing.assert_allclose(reward_model(ints, EvalOptions()), reward_model(strings, EvalOptions()),
                                rtol=1e-12, atol=1e-15)
+
+
+def test_a_log_directory_whose_files_differ_in_optional_columns_loads_as_one(tmp_path):
+    # The sink added the `arm` column later: days landed before it lack the column.
+    before, after = make_log(UNIFORM_LOG[:2]), make_log(UNIFORM_LOG[2:]).with_columns(pl.lit("control").alias("arm"))
+    (tmp_path / "date=2026-10-01").mkdir()
+    (tmp_path / "date=2026-10-02").mkdir()
+    before.write_parquet(tmp_path / "date=2026-10-01/part-0.parquet")
+    after.write_parquet(tmp_path / "date=2026-10-02/part-0.parquet")
+    log = load_log(tmp_path, surface="feed")
+    assert log.height == 4
+    estimates = estimate_all(events_for(log, make_lists(ALWAYS_AB)), POINT)
+    assert estimates["ips"].overall.estimate == pytest.approx(estimate_all(
+        events_for(make_log(UNIFORM_LOG), make_lists(ALWAYS_AB)), POINT)["ips"].overall.estimate)
