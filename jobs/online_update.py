@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from recsys.serving.sink import log_dirs
 logger = logging.getLogger("jobs.online_update")
 CONSUMER_DIR = "online_update"
 REPLAY_CHUNK = 10_000
+FRESHNESS_WINDOW = 100_000  # the most recent freshness samples kept (a long run must not grow without bound)
 
 
 @dataclass
@@ -40,7 +42,10 @@ class UpdateReport:
     users_written: int = 0
     restaurants_written: int = 0
     unmatched: int = 0
+    busy_seconds: float = 0.0  # in OnlineUpdater.process (not reading the logs, not idle)
     offsets: dict[str, int] = field(default_factory=dict)
+    # receipt -> online write, ms, of the latest menu feedback (BatchResult.freshness_ms)
+    freshness_ms: deque = field(default_factory=lambda: deque(maxlen=FRESHNESS_WINDOW), repr=False)
 
 
 def log_root(config: Config) -> Path:
@@ -115,16 +120,23 @@ class OnlineUpdateJob:
             self.report.users_written += len(result.users)
             self.report.restaurants_written += len(result.restaurants)
             self.report.unmatched += result.unmatched
+            self.report.busy_seconds += result.seconds
+            self.report.freshness_ms.extend(result.freshness_ms)
             logger.info("batch %s [%d, %d): %s", source, start, end, summary(result))
             consumed += len(batch)
         return consumed
 
-    def run(self, once: bool = False, poll_seconds: float = 1.0) -> UpdateReport:
-        while True:
+    def run(self, once: bool = False, poll_seconds: float = 1.0,
+            stop: threading.Event | None = None) -> UpdateReport:
+        """Consume until caught up (``once``) or until ``stop`` is set, sleeping ``poll_seconds``
+        whenever every log is caught up."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
             if self.step() == 0:
                 if once:
-                    return self.report
-                time.sleep(poll_seconds)
+                    break
+                stop.wait(poll_seconds)
+        return self.report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,11 @@ class BatchResult:
     unmatched: int = 0  # feedback whose served list is unknown (or a non-integer id)
     users: list[int] = field(default_factory=list)  # embeddings written
     restaurants: list[int] = field(default_factory=list)  # realtime rows written
+    # Freshness, per applied menu feedback that changed a user's interactions: from the server's
+    # receipt of the event (``received_us``, just before it logged and acknowledged it) to the end
+    # of this batch's online writes, wall-clock ms. An upper bound of ack -> visible in the store.
+    freshness_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of process(): apply, solves, writes
 
 
 @dataclass
@@ -153,7 +159,9 @@ class OnlineUpdater:
         self._apply(list(batch), result)
         return result
 
-    def _apply(self, batch: Sequence[LogEvent], result: BatchResult) -> tuple[set[int], set[int]]:
+    def _apply(self, batch: Sequence[LogEvent], result: BatchResult) -> tuple[set[int], set[int], list[int]]:
+        """Fold new records into the state; the users and restaurants they changed, and the
+        receipt times (us) of the feedback that changed a user."""
         fresh = []
         for ev in batch:
             if ev.offset < self.watermark.get(ev.source, 0):
@@ -166,7 +174,7 @@ class OnlineUpdater:
             if r["type"] == events.SERVED:
                 self._served[r["request_id"]] = (_int(r["user_id"]), r["surface"], _int(r.get("restaurant_id")),
                                                  int(r["ts_us"]))
-        users, restaurants = set(), set()
+        users, restaurants, received = set(), set(), []
         for ev in fresh:
             r = ev.record
             if r["type"] != events.FEEDBACK:
@@ -191,12 +199,13 @@ class OnlineUpdater:
             imp.ordered = imp.ordered or r["kind"] == "order"
             if (imp.clicked_us, imp.ordered) != before:
                 users.add(user)
+                received.append(int(r["received_us"]))
                 if restaurant is not None:
                     restaurants.add(restaurant)
         for ev in fresh:
             self.watermark[ev.source] = max(self.watermark.get(ev.source, 0), ev.offset + 1)
         result.applied += len(fresh)
-        return users, restaurants
+        return users, restaurants, received
 
     # ---------------------------------------------------------------- processing
     def process(self, batch: Iterable[LogEvent], now: datetime | None = None) -> BatchResult:
@@ -204,9 +213,10 @@ class OnlineUpdater:
         from recsys.features.bulk_write import write_online
 
         self._check_loaded()
+        started = time.perf_counter()
         now = now or self.clock()
         result = BatchResult()
-        users, restaurants = self._apply(list(batch), result)
+        users, restaurants, received = self._apply(list(batch), result)
         if users:
             frame = self.embeddings(sorted(users), now)
             write_online(self.store, USER_VIEW, frame)
@@ -217,6 +227,9 @@ class OnlineUpdater:
             for r, ids, clicks in zip(rt["restaurant_id"], rt["item_ids"], rt["clicks_1h"]):
                 self._written_rt[int(r)] = (tuple(ids), tuple(clicks))
             result.restaurants = rt["restaurant_id"].to_list()
+        written_us = time.time_ns() // 1000
+        result.freshness_ms = [(written_us - us) / 1000 for us in received]
+        result.seconds = time.perf_counter() - started
         return result
 
     def user_row(self, user_id: int) -> sp.csr_matrix:
@@ -287,4 +300,5 @@ def _int(value) -> int | None:
 def summary(result: BatchResult) -> str:
     return json.dumps({"applied": result.applied, "skipped": result.skipped, "feedback": result.feedback,
                        "unmatched": result.unmatched, "users": len(result.users),
-                       "restaurants": len(result.restaurants)})
+                       "restaurants": len(result.restaurants), "seconds": round(result.seconds, 4),
+                       "freshness_ms_max": round(max(result.freshness_ms), 1) if result.freshness_ms else None})
