@@ -247,7 +247,8 @@ class OnlineUpdater:
 
     def embeddings(self, user_ids: Sequence[int], now: datetime) -> pl.DataFrame:
         """``user_embedding`` rows of these users, recomputed from their interactions."""
-        vectors = [self.model.recalculate_user(self.user_row(u)).tolist() for u in user_ids]
+        rows = [self.user_row(u) for u in user_ids]
+        vectors = self.model.recalculate_users(sp.vstack(rows, format="csr")).tolist() if rows else []
         return pl.DataFrame({
             "user_id": pl.Series(list(user_ids), dtype=pl.Int64),
             "embedding": pl.Series(vectors, dtype=pl.List(pl.Float32)),

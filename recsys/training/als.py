@@ -127,10 +127,16 @@ class ALSModel(Model):
         ``user_items_row``: a (1, n_entities) CSR float32 row in this model's entity index space
         (e.g. ``InteractionMatrix.rows([user_id])`` of the same id maps). Returns (factors,) float32.
         """
+        return self.recalculate_users(user_items_row)[0]
+
+    def recalculate_users(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """:meth:`recalculate_user` for a batch: (n, n_entities) rows -> (n, factors) float32, in
+        one call of implicit's solver (and one BLAS thread-limit scope: taking it rescans every
+        loaded library, which per user cost ~100x the solve)."""
         als = self._fitted()
-        row = check_matrix(user_items_row, (1, len(self.entities)))
+        rows = check_matrix(user_items, (user_items.shape[0], len(self.entities)))
         with threadpool_limits(limits=1, user_api="blas"):
-            return np.asarray(als.recalculate_user(0, row), dtype=np.float32)
+            return np.asarray(als.recalculate_user(np.arange(rows.shape[0]), rows), dtype=np.float32)
 
     # ---- artifacts ----
     def params(self) -> dict:
