@@ -14,7 +14,7 @@ The item parts are computed once per model version for every item of the table (
 item the table lacks: all its item features null); the context part from a one-row design; only
 the columns that read per-candidate inputs (the ALS score, price vs basket) are built per
 candidate. Same :class:`~recsys.ranking.ranker.Feature` semantics, same design code
-(:func:`~recsys.ranking.ranker.design_matrix` on each part's features): a test checks the scores
+(a :class:`~recsys.ranking.ranker.DesignPlan` of each part's features): a test checks the scores
 equal the full design's. Explanations (per-feature contributions) still use the full design.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.ranking.ranker import HOUR, POSITION, Feature, LinearRanker, design_matrix
+from recsys.ranking.ranker import HOUR, POSITION, DesignPlan, Feature, LinearRanker
 from recsys.serving.item_features import ITEM_VIEWS, ItemFeatureTable
 
 ITEM, ITEM_HOUR, CONTEXT, CANDIDATE = "item", "item_hour", "context", "candidate"
@@ -47,6 +47,7 @@ class _Part:
 
     def __init__(self, ranker: LinearRanker, columns: list[int]):
         self.features = [ranker.features[j] for j in columns]
+        self.plan = DesignPlan(self.features)
         self.coef = ranker.weights[columns] / ranker.scales[columns]
         self.offset = -float(np.dot(ranker.means[columns], self.coef))
 
@@ -54,7 +55,7 @@ class _Part:
         return bool(self.features)
 
     def __call__(self, rows: Mapping[str, Any]) -> np.ndarray:
-        return design_matrix(self.features, rows, serving=True) @ self.coef + self.offset
+        return self.plan(rows, serving=True) @ self.coef + self.offset
 
 
 class MenuScorer:
