@@ -30,7 +30,6 @@ from recsys.serving.sink import run_sink
 from recsys.serving.v1 import recommender_pb2 as pb
 from recsys.simulation.run import load_truth
 from recsys.simulation.traffic import TrafficSettings, run_traffic
-from tests.integration.published import shared_published_world
 from tests.integration.test_online_path import (
     Server, _wait_for, candidates_of, feed_call, items_call, known_users, republish_as,
 )
@@ -40,9 +39,12 @@ SPLIT = Split(SHARE, SALT)
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory, redis_url):
+def world(published):
     """(config, control = the serving version, treatment = another registered version)."""
-    config, control = shared_published_world(tiny_world, tmp_path_factory, redis_url)
+    # The shared world: this module only adds registry versions (never served unless promoted) and
+    # logs events under its own temp directories; the one pointer move (the control following the
+    # pointer) rolls back in a `finally`, which republishes the control's online rows.
+    config, control = published
     return config, control, republish_as(config, control, "treat", ranker=True)
 
 

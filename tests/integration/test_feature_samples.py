@@ -26,15 +26,15 @@ from recsys.serving.sink import run_sink
 from recsys.serving.stages import feature_rows, parse_menu, score_embeddings
 from recsys.serving.v1 import recommender_pb2 as pb
 from recsys.serving.v1 import recommender_pb2_grpc as pb_grpc
-from tests.integration.published import shared_published_world
 from tests.integration.test_online_path import candidates_of, feed_call, items_call, known_users
 
 REQUEST_TIME = datetime(2026, 10, 15, 19, 30, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory, redis_url):
-    return shared_published_world(tiny_world, tmp_path_factory, redis_url)
+def world(published):
+    # The shared world: these tests only serve from it (event logs and landed files in temp dirs).
+    return published
 
 
 @contextmanager

@@ -9,7 +9,6 @@ import math
 import shutil
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import grpc
@@ -17,9 +16,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from rich.console import Console
 
-from jobs.nightly import run_nightly
 from recsys.features.bulk_write import write_online
 from recsys.features.store import offline_end, open_store
 from recsys.ranking.ranker import ALS_SCORE
@@ -37,27 +34,12 @@ from recsys.serving.stages import (
 )
 from recsys.serving.v1 import recommender_pb2 as pb
 from recsys.serving.v1 import recommender_pb2_grpc as pb_grpc
-from tests.conftest import tiny_config
 
 TOKEN = "admin-token"
 EPS = 0.3
-# One small ALS grid point; ranker windows that fit the tiny world's 14 days.
-FAST_TRAINING = {"search": {"factors": [8], "regularization": [0.1], "alpha": [2.0], "iterations": [5], "trials": 1},
-                 "ranker": {"window_days": 3, "heldout_days": 3, "negative_rate": 1.0, "eval_requests": 2000}}
 
 
-# ---------------------------------------------------------------- shared helpers (test_fallbacks uses them)
-def published_world(tiny_world, directory, online_store: str):
-    """A copy of the tiny world, nightly-run and published on ``online_store``; (config, version)."""
-    shutil.copytree(tiny_world.raw_dir, directory / "raw")
-    shutil.copytree(tiny_world.data_dir / "truth", directory / "truth")
-    config = tiny_config(directory, online_store=online_store, project=f"srv_{uuid.uuid4().hex[:8]}",
-                         training=FAST_TRAINING)
-    summary = run_nightly(config, console=Console(record=True, width=200))
-    assert summary["steps"]["publish"]["published"], summary["steps"]
-    return config, summary["steps"]["register"]["version"]
-
-
+# ---------------------------------------------------------------- shared helpers (other modules use them)
 class Server:
     """A real server on a socket around ``recommender``; ``stub`` talks to it."""
 
@@ -107,8 +89,10 @@ def check_propensities(resp, eps: float) -> None:
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory, redis_url):
-    return published_world(tiny_world, tmp_path_factory.mktemp("online_path"), redis_url)
+def world(published_copy):
+    # A copy, not the shared `published`: test_unavailable_items writes a restaurant_realtime row
+    # it leaves behind (items stay unavailable), which would change what other modules serve.
+    return published_copy("online_path")
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,16 @@ from tests.integration.test_online_path import (
     candidates_of,
     items_call,
     known_users,
-    published_world,
     republish_as,
 )
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory, redis_url):
-    return published_world(tiny_world, tmp_path_factory.mktemp("online_update"), redis_url)
+def world(published_copy):
+    # A copy, not the shared `published`: the updater writes user embeddings and restaurant_realtime
+    # rows (clicks, availability) online and keeps its event log and offsets in the data directory;
+    # the tests count clicks exactly, so they need rows nobody else writes.
+    return published_copy("online_update")
 
 
 @pytest.fixture(scope="module")

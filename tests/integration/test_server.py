@@ -382,12 +382,12 @@ def test_two_workers_share_the_port_and_both_answer(world, tmp_path):
 
 # ---------------------------------------------------------------- random requests: the MODEL server
 @pytest.fixture(scope="module")
-def model_running(tiny_world, tmp_path_factory, redis_url):
-    """The model policy (FAISS + ranker over Feast on Redis) of a nightly-published tiny world."""
+def model_running(published, tmp_path_factory):
+    """The model policy (FAISS + ranker over Feast on Redis) of the session's nightly-published tiny
+    world, shared: it only serves from it (feedback goes to its own event log in a temp dir)."""
     from recsys.serving.recommender import ModelRecommender
-    from tests.integration.test_online_path import published_world
 
-    config, _ = published_world(tiny_world, tmp_path_factory.mktemp("model_world"), redis_url)
+    config, _ = published
     settings = ServingConfig(epsilon=EPS, metrics_port=None, policy="model")
     recommender = ModelRecommender(config, settings, poll_seconds=0).load()
     log = EventLog(tmp_path_factory.mktemp("model_events") / "worker-0").open()

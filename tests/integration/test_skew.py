@@ -23,15 +23,14 @@ from recsys.monitoring.samples import sample_frame
 from recsys.serving.recommender import ModelRecommender
 from recsys.serving.settings import ServingConfig
 from recsys.serving.stages import BASKET, PRICE, PRICE_VS_BASKET, feature_rows, parse_menu, score_embeddings
-from tests.integration.published import shared_published_world
 from tests.integration.test_online_path import candidates_of, known_users
 
 USER_STAT = "user_stats__menu_dctr_28d"
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory, redis_url):
-    config, version = shared_published_world(tiny_world, tmp_path_factory, redis_url)  # read only here
+def world(published):
+    config, version = published  # the shared world: read only here
     recommender = ModelRecommender(config, ServingConfig(metrics_port=None), poll_seconds=0).load()
     assert recommender.bundle.menu.ranker is not None, "the nightly shipped no ranker: serving samples need one"
     yield config, version, recommender.bundle
