@@ -21,7 +21,10 @@ Online store: a redis-server of the benchmark's own when one is on PATH, else SQ
 Memory: peak RSS of the model server vs the raw bytes of the item index (N x 64 float32), the user
 embeddings and the item feature table.
 
-    python benchmarks/bench_serving.py [--requests 1000 --procs 2 --threads 4]
+Rounds: every server is measured ``--rounds`` times, interleaved (echo, floor, model, model_fsync,
+then again); each number is the median over rounds and each ratio the median of per-round ratios.
+
+    python benchmarks/bench_serving.py [--requests 1000 --procs 2 --threads 4 --rounds 3]
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--server-threads", type=int, default=8)
     parser.add_argument("--catalogs", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args(argv)
     load = dict(requests=args.requests, procs=args.procs, threads=args.threads)
     from rich.console import Console
@@ -209,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.serving.v1 import recommender_pb2 as pb
     from recsys.simulation.run import simulate, world_path
 
-    results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-model-") as tmp:
         tmp = Path(tmp)
         online, redis_proc = _redis(tmp)
@@ -228,25 +231,40 @@ def main(argv: list[str] | None = None) -> int:
             user = int(__import__("polars").read_parquet(
                 registry.version_dir(source) / "embeddings/user_embedding.parquet")["user_id"][0])
             payload = pb.RecommendItemsRequest(user_id=str(user), restaurant_id="1", k=K).SerializeToString()
-            results["echo"] = measure(_echo_server, (K, args.server_threads), payload, **load)
-            for n in args.catalogs:
-                version = synthetic_version(config, source, n)
-                registry.promote(version, "benchmark", publish=lambda v: publish_version(config, v))
-                common = (str(config.data_dir), online, project)
-                results[f"floor_{n}"] = measure(_floor_server, (*common, args.server_threads), payload, **load)
-                results[f"model_{n}"] = measure(_model_server, (*common, str(tmp / f"log-{n}"), args.server_threads,
-                                                                False), payload, **load)
-                results[f"model_fsync_{n}"] = measure(_model_server, (*common, str(tmp / f"logf-{n}"),
-                                                                      args.server_threads, True), payload, **load)
+            rounds: dict[str, list[dict]] = {}
+
+            def run(name: str, target, server_args: tuple) -> None:
+                rounds.setdefault(name, []).append(measure(target, server_args, payload, **load))
+
+            versions = {n: synthetic_version(config, source, n) for n in args.catalogs}
+            common = (str(config.data_dir), online, project)
+            # Interleaved rounds: each round measures the baselines and the model back to back, so a
+            # burst of load from elsewhere on this shared machine hits one round, not one server.
+            for r in range(args.rounds):
+                run("echo", _echo_server, (K, args.server_threads))
+                for n, version in versions.items():
+                    registry.promote(version, "benchmark", publish=lambda v: publish_version(config, v))
+                    run(f"floor_{n}", _floor_server, (*common, args.server_threads))
+                    run(f"model_{n}", _model_server, (*common, str(tmp / f"log-{n}-{r}"), args.server_threads,
+                                                      False))
+                    run(f"model_fsync_{n}", _model_server, (*common, str(tmp / f"logf-{n}-{r}"),
+                                                            args.server_threads, True))
         finally:
             if redis_proc is not None:
                 redis_proc.terminate()
                 redis_proc.wait()
 
+    metrics = ("p50_ms", "p99_ms", "throughput_rps")
+    # Each server's numbers: the median over rounds (per metric); the full rounds are kept too.
+    results = {name: {**runs[0], **{m: float(np.median([x[m] for x in runs])) for m in metrics},
+                      "rounds": [{m: x[m] for m in metrics} for x in runs]}
+               for name, runs in rounds.items()}
+
     def ratio(a: str, b: str) -> dict:
-        ra, rb = results[a], results[b]
-        return {"p50": ra["p50_ms"] / rb["p50_ms"], "p99": ra["p99_ms"] / rb["p99_ms"],
-                "throughput": ra["throughput_rps"] / rb["throughput_rps"]}
+        """Median over rounds of the per-round ratio (both servers measured in the same round)."""
+        pairs = list(zip(rounds[a], rounds[b]))
+        return {key: float(np.median([x[m] / y[m] for x, y in pairs]))
+                for key, m in (("p50", "p50_ms"), ("p99", "p99_ms"), ("throughput", "throughput_rps"))}
 
     ratios = {}
     for n in args.catalogs:
@@ -257,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.catalogs) == 2:
         small, large = args.catalogs
         ratios["p50_catalog_large_vs_small"] = {
-            "model": results[f"model_{large}"]["p50_ms"] / results[f"model_{small}"]["p50_ms"],
-            "floor": results[f"floor_{large}"]["p50_ms"] / results[f"floor_{small}"]["p50_ms"]}
+            "model": ratio(f"model_{large}", f"model_{small}")["p50"],
+            "floor": ratio(f"floor_{large}", f"floor_{small}")["p50"]}
     memory = {}
     for n in args.catalogs:
         s = results[f"model_{n}"]["server"]
@@ -275,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory {n:>8s} items: peak RSS {m['peak_rss_mb']:.0f} MB, raw embeddings+index+item table "
               f"{m['raw_embeddings_index_mb']:.1f} MB (floor server {m['floor_peak_rss_mb']:.0f} MB)")
     path = write_result("serving", {
-        "settings": {**load, "server_threads": args.server_threads, "k": K, "candidates": CANDIDATES, "dim": DIM,
+        "settings": {**load, "rounds": args.rounds, "server_threads": args.server_threads, "k": K, "candidates": CANDIDATES, "dim": DIM,
                      "catalogs": args.catalogs, "online_store": "redis" if online != "sqlite" else "sqlite",
                      "synthetic_index": True, "ranker": True, "address": "127.0.0.1"},
         "results": results, "ratios": ratios, "memory": memory,
