@@ -13,6 +13,7 @@ reads the environment: it receives a :class:`Config`.
 from __future__ import annotations
 
 import os
+import shlex
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -121,6 +122,38 @@ class GateConfig(_Frozen):
     max_factor_norm: float = Field(default=1e3, gt=0)
 
 
+class MonitoringConfig(_Frozen):
+    """`recsys monitor`: drift thresholds and what a drift alert triggers (docs/MONITORING.md)."""
+
+    # Days of a user's own clicks their day is compared with (one week: every weekday once).
+    baseline_days: int = Field(default=7, gt=0)
+    # A day is compared with the same weekday of up to this many earlier weeks.
+    reference_weeks: int = Field(default=4, gt=0)
+    # Surprise-shift alert: one-sided z above this.
+    surprise_z_alert: float = Field(default=4.0, gt=0)
+    psi_alert: float = Field(default=0.2, gt=0)
+    ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
+    ks_min_statistic: float = Field(default=0.1, gt=0, le=1)
+    # Fewest rows for a PSI/KS comparison.
+    min_rows: int = Field(default=30, gt=0)
+    # Run on a drift alert (argv, no shell), e.g. ["recsys", "nightly"]; None: alert only. A
+    # string (an environment variable) is split like a shell would.
+    retrain_command: tuple[str, ...] | None = None
+    retrain_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
+
+    @field_validator("retrain_command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("retrain_command")
+    @classmethod
+    def _check_command(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("retrain_command: empty; leave it unset to alert without retraining")
+        return value
+
+
 class Config(_Frozen):
     data_dir: Path = Path("data")
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
@@ -136,6 +169,7 @@ class Config(_Frozen):
     precompute: PrecomputeConfig = PrecomputeConfig()
     gate: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @field_validator("online_store")
     @classmethod

@@ -1,11 +1,18 @@
-"""PSI, KS and profile behaviour on hand-made distributions."""
+"""PSI, KS, profiles, the surprise shift and the monitored features on hand-made data."""
+
+import sys
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
 import pytest
 
-from recsys.monitoring.drift import DriftThresholds, check_drift, psi
+from recsys.config import load_config
+from recsys.errors import ConfigError
+from recsys.monitoring.drift import DriftThresholds, check_drift, daily_drift, psi, reference_days, surprise_shift
+from recsys.monitoring.features import user_day_features
 from recsys.monitoring.profile import bin_shares, build_profile, load_profile, save_profile
+from recsys.monitoring.retrain import run_retrain
 
 
 def test_psi_is_zero_for_identical_shares_and_grows_with_shift():
@@ -60,3 +67,130 @@ def test_list_columns_are_profiled_per_element_and_profiles_round_trip(tmp_path)
     loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
     assert loaded.features["shares[1]"]["all"].edges == profile.features["shares[1]"]["all"].edges
     assert not check_drift(loaded, frame).alert
+
+
+# ---- surprise shift: the stratified one-sided test that sees taste drift ----
+
+def _user_days(rng, n, *, clicks_mean=2.0, shift=0.0, shifted_share=0.0, day=date(2026, 10, 8)):
+    """Rows like the monitored features: cuisine_llr sums over the day's clicks, so its level
+    grows with clicks and falls with history (a sharper baseline)."""
+    clicks = 1.0 + rng.poisson(clicks_mean - 1.0, n)
+    history = rng.integers(0, 40, n).astype(float)
+    llr = 0.4 * clicks - 0.05 * history + rng.normal(0, 1.5, n)
+    llr += shift * (rng.random(n) < shifted_share)
+    return pl.DataFrame({"day": [day] * n, "weekday": [day.weekday()] * n, "cuisine_llr": llr,
+                         "clicks": clicks, "history_clicks": history})
+
+
+def test_surprise_shift_is_quiet_on_the_same_distribution_and_alerts_when_a_tenth_of_users_shift():
+    rng = np.random.default_rng(3)
+    reference = _user_days(rng, 20_000)
+    same = surprise_shift(_user_days(rng, 20_000), reference)
+    drifted = surprise_shift(_user_days(rng, 20_000, shift=1.0, shifted_share=0.1), reference)
+    assert abs(same.z) < 3 and not same.alert
+    assert drifted.alert and drifted.z > 6 and drifted.shift == pytest.approx(0.1, abs=0.04)
+
+
+def test_surprise_shift_compares_within_strata_so_a_busier_day_is_not_drift():
+    rng = np.random.default_rng(4)
+    reference = _user_days(rng, 20_000, clicks_mean=2.0)
+    busier = _user_days(rng, 20_000, clicks_mean=3.0)  # a Saturday: more clicks per user, same tastes
+    assert busier["cuisine_llr"].mean() - reference["cuisine_llr"].mean() > 0.3  # pooled, it would alert
+    assert not surprise_shift(busier, reference).alert
+
+
+def test_surprise_shift_is_one_sided():
+    rng = np.random.default_rng(5)
+    reference = _user_days(rng, 20_000)
+    closer = surprise_shift(_user_days(rng, 20_000, shift=-1.0, shifted_share=0.5), reference)
+    assert closer.z < -10 and not closer.alert
+
+
+def test_reference_days_are_the_same_weekday_of_earlier_weeks_in_the_frame():
+    rng = np.random.default_rng(6)
+    day = date(2026, 10, 29)
+    frame = pl.concat([_user_days(rng, 50, day=day - timedelta(days=k)) for k in (0, 1, 6, 7, 14, 28)])
+    assert reference_days(frame, day, weeks=4) == [day - timedelta(days=7), day - timedelta(days=14),
+                                                   day - timedelta(days=28)]
+    assert reference_days(frame, day, weeks=1) == [day - timedelta(days=7)]
+
+
+def test_a_day_without_reference_days_raises_no_alert():
+    rng = np.random.default_rng(7)
+    day = date(2026, 10, 29)
+    frame = pl.concat([_user_days(rng, 500, day=day), _user_days(rng, 500, day=day - timedelta(days=1))])
+    report = daily_drift(frame, day, ["cuisine_llr"])
+    assert report.reference_days == () and report.surprise is None and not report.alert
+
+
+def test_daily_drift_reports_psi_ks_per_feature_and_the_surprise_shift():
+    rng = np.random.default_rng(8)
+    day = date(2026, 10, 29)
+    frame = pl.concat([_user_days(rng, 5_000, day=day, shift=1.0, shifted_share=0.2),
+                       _user_days(rng, 5_000, day=day - timedelta(days=7))])
+    report = daily_drift(frame, day, ["cuisine_llr", "clicks"])
+    assert [r.feature for r in report.rows] == ["cuisine_llr", "clicks"]
+    assert all(r.reference == str(day.weekday()) for r in report.rows)
+    assert report.surprise.alert and report.alerts[-1] == "surprise_shift(cuisine_llr)"
+    assert report.to_dict()["reference_days"] == [str(day - timedelta(days=7))]
+
+
+# ---- monitored features on a hand-made log ----
+
+CUISINE_OF = {1: "pizza", 2: "sushi", 3: "burger"}
+
+
+def _log(rows):
+    """Impressions from (day offset, user, restaurant, clicked) on the feed."""
+    start = datetime(2026, 10, 1, 12, tzinfo=timezone.utc)
+    return pl.DataFrame({
+        "request_id": list(range(len(rows))), "ts": [start + timedelta(days=d) for d, *_ in rows],
+        "user_id": [u for _, u, _, _ in rows], "surface": ["feed"] * len(rows),
+        "restaurant_id": [r for *_, r, _ in rows], "item_id": [None] * len(rows), "position": [0] * len(rows),
+        "propensity": [0.9] * len(rows), "n_candidates": [3] * len(rows), "clicked": [c for *_, c in rows],
+        "ordered": [False] * len(rows),
+    }, schema_overrides={"ts": pl.Datetime("us", "UTC"), "item_id": pl.Int64}).lazy()
+
+
+def test_user_day_features_compare_a_day_with_the_users_own_baseline_window():
+    # Baseline of 2 days. Restaurant 3 is first shown on day 2: its clicks are not counted until
+    # it has been shown for a whole baseline window.
+    log = _log([(0, 10, 1, True), (0, 11, 2, True), (1, 10, 1, True), (1, 11, 2, True),
+                (2, 10, 2, True), (2, 10, 3, True), (2, 11, 2, True), (3, 10, 1, True), (3, 10, 3, True)])
+    restaurants = pl.DataFrame({"restaurant_id": list(CUISINE_OF), "cuisine": list(CUISINE_OF.values())}).lazy()
+    frame = user_day_features(log, restaurants, baseline_days=2, prior_clicks=3.0)
+    got = {(r["user_id"], r["day"].day): r for r in frame.iter_rows(named=True)}
+    assert set(got) == {(10, 3), (11, 3), (10, 4)}  # days 2 and 3 only: a full window before them
+    # Day 2: population shares over days 0-1 are pizza 1/2, sushi 1/2. User 10 had 2 pizza clicks:
+    # sushi share (0 + 3 * 0.5) / (2 + 3) = 0.3; user 11 had 2 sushi clicks: (2 + 1.5) / 5 = 0.7.
+    assert got[(10, 3)]["cuisine_llr"] == pytest.approx(np.log(0.5 / 0.3), rel=1e-5)
+    assert got[(10, 3)]["clicks"] == 1 and got[(10, 3)]["history_clicks"] == 2  # the burger click is not counted
+    assert got[(11, 3)]["cuisine_llr"] == pytest.approx(np.log(0.5 / 0.7), rel=1e-5)
+    # Day 3: the window is days 1-2 (every click counts there): population pizza 1/5, user 10's
+    # pizza share (1 + 3 * 0.2) / (3 + 3).
+    assert got[(10, 4)]["cuisine_llr"] == pytest.approx(np.log(0.2 / (1.6 / 6)), rel=1e-5)
+    assert got[(10, 4)]["weekday"] == date(2026, 10, 4).weekday()
+
+
+# ---- configuration ----
+
+def test_monitoring_config_takes_a_retrain_command_from_toml_or_the_environment(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[monitoring]\nretrain_command = ["recsys", "nightly"]\nsurprise_z_alert = 5.0\n')
+    assert load_config(toml, environ={}).monitoring.retrain_command == ("recsys", "nightly")
+    env = {"RECSYS_MONITORING__RETRAIN_COMMAND": "recsys --data-dir '/data/x y' nightly"}
+    assert load_config(environ=env).monitoring.retrain_command == ("recsys", "--data-dir", "/data/x y", "nightly")
+    assert load_config(environ={}).monitoring.retrain_command is None
+    with pytest.raises(ConfigError, match="monitoring.retrain_command"):
+        load_config(environ={"RECSYS_MONITORING__RETRAIN_COMMAND": ""})
+
+
+# ---- what a drift alert triggers ----
+
+def test_run_retrain_reports_the_exit_status_and_never_raises():
+    assert run_retrain([sys.executable, "-c", "import sys; sys.exit(3)"], 60).exit_status == 3
+    assert run_retrain([sys.executable, "-c", "pass"], 60).ok
+    missing = run_retrain(["/nonexistent/retrain"], 60)
+    assert missing.exit_status is None and "not found" in missing.error
+    slow = run_retrain([sys.executable, "-c", "import time; time.sleep(30)"], 0.5)
+    assert slow.exit_status is None and "timed out" in slow.error
