@@ -26,12 +26,17 @@ from recsys.config import Config
 RAW_TABLES = ("users", "restaurants", "items", "impressions")
 
 
+# Config sections no nightly step reads: changing them must not restart a finished run.
+NOT_NIGHTLY_INPUTS = {"serving", "monitoring"}
+
+
 def run_id_for(config: Config) -> str:
     """A short id of the run's inputs: the raw tables (names, sizes, modification times), the
-    whole configuration and the code version."""
+    configuration (but the serving and monitoring sections) and the code version."""
     from recsys.registry import code_version
 
-    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    inputs = config.model_dump(mode="json", exclude=NOT_NIGHTLY_INPUTS)
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
     digest.update(code_version().encode())
     for table in RAW_TABLES:
         path = config.raw_dir / f"{table}.parquet"

@@ -380,3 +380,13 @@ def test_models_cli_lists_shows_promotes_and_rolls_back(tmp_path, monkeypatch):
     assert published == ["v1", "v2", "v1"]
     result = runner.invoke(app, [*base, "show", "nope"])
     assert isinstance(result.exception, NotFoundError) and result.exit_code != 0
+
+
+def test_the_nightly_run_id_ignores_sections_no_step_reads(tmp_path):
+    from jobs.nightly import run_id_for
+    from recsys.config import load_config
+
+    base = load_config(environ={}, data_dir=tmp_path)
+    assert run_id_for(base.with_overrides(serving={"epsilon": 0.3}, monitoring={"surprise_z_alert": 5.0})) \
+        == run_id_for(base)
+    assert run_id_for(base.with_overrides(training={"ranker": {"negative_rate": 0.5}})) != run_id_for(base)
