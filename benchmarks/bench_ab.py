@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import polars as pl
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from benchmarks.common import write_result  # noqa: E402
+from recsys.testing import free_port  # noqa: E402
 
 CLI = [sys.executable, "-c", "from recsys.cli import main; main()"]
 SALT = "bench-ab"
@@ -90,12 +90,6 @@ def degraded_version(config, source: str, seed: int = 11) -> str:
                     feature_definitions_hash=meta.feature_definitions_hash, code_version=meta.code_version,
                     params={"degraded": "negated user embeddings, shuffled feeds"})
     return version
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(config_path: Path, port: int, log: Path) -> subprocess.Popen:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -45,6 +44,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from benchmarks.bench_serving_echo import _echo_server, measure, response_bytes  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
+from recsys.testing import free_port  # noqa: E402
 
 DIM, CANDIDATES, K = 64, 200, 10
 FAST_TRAINING = {"search": {"factors": [8], "regularization": [0.1], "alpha": [2.0], "iterations": [5], "trials": 1},
@@ -179,9 +179,7 @@ def _redis(directory: Path) -> tuple[str, subprocess.Popen | None]:
     binary = shutil.which("redis-server")
     if binary is None:
         return "sqlite", None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import redis

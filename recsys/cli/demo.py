@@ -87,7 +87,6 @@ def _serve_and_query(config, log) -> None:
     """Start `recsys serve` on a free local port, send a request of each kind, stop it cleanly."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     from datetime import datetime, timezone
@@ -96,10 +95,9 @@ def _serve_and_query(config, log) -> None:
     from recsys.errors import RecsysError
     from recsys.serving.client import RecommenderClient
     from recsys.serving.domain import Feedback
+    from recsys.testing import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "RECSYS_PROJECT": config.project, "RECSYS_SEED": str(config.seed),
            "RECSYS_SIM__SIZE": config.sim.size}
     command = [sys.executable, "-c", "from recsys.cli import main; main()", "--data-dir", str(config.data_dir),

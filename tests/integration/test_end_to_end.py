@@ -6,7 +6,6 @@ accepts, with the propensities of the exploration scheme and the feedback joined
 from __future__ import annotations
 
 import math
-import socket
 import threading
 import uuid
 
@@ -20,6 +19,7 @@ from recsys.serving.client import RecommenderClient
 from recsys.serving.server import serve
 from recsys.simulation.run import load_truth, simulate
 from recsys.simulation.traffic import TrafficSettings, run_traffic
+from recsys.testing import free_port
 from tests.conftest import tiny_config
 
 EPS = 0.3
@@ -30,19 +30,13 @@ FAST_TRAINING = {"search": {"factors": [8], "regularization": [0.1], "alpha": [2
                             "cost_sample_rows": 0}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_serving(addr: str, thread: threading.Thread, seconds: float = 60) -> None:
     with RecommenderClient(addr, timeout=1) as client:
         client.wait_until_serving(thread.is_alive, seconds)
 
 
 def test_simulate_nightly_serve_traffic_sink_lands_a_log_the_evaluator_accepts(tmp_path, redis_url):
-    port = _free_port()
+    port = free_port()
     config = tiny_config(tmp_path, online_store=redis_url, project=f"e2e_{uuid.uuid4().hex[:8]}",
                          training=FAST_TRAINING,
                          serving={"port": port, "policy": "model", "epsilon": EPS, "metrics_port": None,

@@ -8,7 +8,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from recsys.contracts.validate import validate_dataset
 from recsys.errors import NotFoundError
@@ -34,16 +35,11 @@ from recsys.serving.server import SERVICE_NAME, create_server
 from recsys.serving.settings import ServingConfig
 from recsys.serving.v1 import recommender_pb2 as pb
 from recsys.serving.v1 import recommender_pb2_grpc as pb_grpc
+from recsys.testing import free_port
 from tests.conftest import tiny_config
 
 TOKEN = "s3cret-token"
 EPS = 0.3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def validated_world(tiny_world, directory):
@@ -325,7 +321,7 @@ def _wait_serving(addr: str, proc: subprocess.Popen, seconds: float = 60) -> Non
 
 
 def test_acknowledged_lists_survive_a_kill_9_of_the_server(world, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = _start_serve(world, port, 1, tmp_path)
     addr = f"127.0.0.1:{port}"
     try:
@@ -360,7 +356,7 @@ def test_acknowledged_lists_survive_a_kill_9_of_the_server(world, tmp_path):
 
 
 def test_two_workers_share_the_port_and_both_answer(world, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = _start_serve(world, port, 2, tmp_path)
     addr = f"127.0.0.1:{port}"
     try:
