@@ -42,7 +42,7 @@ import numpy as np
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from benchmarks.bench_serving_echo import _echo_server, measure, response_bytes  # noqa: E402
+from benchmarks.bench_serving_echo import _echo_server, measure, response_bytes, serve_until_stopped  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from recsys.testing import free_port  # noqa: E402
 
@@ -70,22 +70,15 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- servers (child processes)
 def _model_server(ready, stop, data_dir: str, online_store: str, project: str, log_dir: str, threads: int,
                   fsync: bool) -> None:
-    from recsys.serving.eventlog import EventLog
     from recsys.serving.recommender import ModelRecommender
-    from recsys.serving.server import create_server, limit_threads
+    from recsys.serving.server import limit_threads
     from recsys.serving.settings import ServingConfig
 
     limit_threads()
     config = _config(data_dir, online_store, project)
     settings = ServingConfig(threads=threads, metrics_port=None, epsilon=0.1)
     recommender = ModelRecommender(config, settings, poll_seconds=0).load()
-    log = EventLog(log_dir, fsync=fsync).open()
-    server = create_server(settings, recommender, log)
-    ready.put((server.add_insecure_port("127.0.0.1:0"), os.getpid()))
-    server.start()
-    stop.wait()
-    server.stop(1).wait()
-    log.close()
+    serve_until_stopped(recommender, settings, log_dir, fsync, ready, stop)
     b = recommender.bundle
     raw = {"index_bytes": int(b.menu.index.vectors.nbytes), "item_features_bytes": b.menu.items.nbytes}
     ready.put({"peak_rss_mb": peak_rss_mb(), "model_version": b.version, **raw})

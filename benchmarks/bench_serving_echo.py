@@ -74,16 +74,12 @@ def _echo_server(ready, stop, k: int, threads: int) -> None:
     server.stop(0)
 
 
-def _popularity_server(ready, stop, data_dir: str, log_dir: str, threads: int, fsync: bool) -> None:
-    from recsys.config import load_config
+def serve_until_stopped(recommender, settings, log_dir: str, fsync: bool, ready, stop):
+    """The real server (``create_server``) over ``recommender`` with a durable event log: report the
+    port, serve until ``stop``, drain. Returns the closed event log (for its counters)."""
     from recsys.serving.eventlog import EventLog
-    from recsys.serving.fallback import PopularityRecommender
     from recsys.serving.server import create_server
-    from recsys.serving.settings import ServingConfig
 
-    config = load_config(environ={}, data_dir=Path(data_dir)).with_overrides(sim={"size": "tiny"})
-    settings = ServingConfig(threads=threads, metrics_port=None)
-    recommender = PopularityRecommender.for_config(config, settings).load()
     log = EventLog(log_dir, fsync=fsync).open()
     server = create_server(settings, recommender, log)
     ready.put((server.add_insecure_port("127.0.0.1:0"), os.getpid()))
@@ -91,6 +87,18 @@ def _popularity_server(ready, stop, data_dir: str, log_dir: str, threads: int, f
     stop.wait()
     server.stop(1).wait()
     log.close()
+    return log
+
+
+def _popularity_server(ready, stop, data_dir: str, log_dir: str, threads: int, fsync: bool) -> None:
+    from recsys.config import load_config
+    from recsys.serving.fallback import PopularityRecommender
+    from recsys.serving.settings import ServingConfig
+
+    config = load_config(environ={}, data_dir=Path(data_dir)).with_overrides(sim={"size": "tiny"})
+    settings = ServingConfig(threads=threads, metrics_port=None)
+    recommender = PopularityRecommender.for_config(config, settings).load()
+    log = serve_until_stopped(recommender, settings, log_dir, fsync, ready, stop)
     ready.put({"peak_rss_mb": peak_rss_mb(), "events": log.appended, "group_commits": log.commits})
 
 
