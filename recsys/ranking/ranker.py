@@ -28,7 +28,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -153,6 +153,22 @@ def _transform(x: np.ndarray, transform: str) -> np.ndarray:
     if transform == "cos_hour":
         return np.cos(2.0 * math.pi * x / 24.0)
     raise RankerError(f"unknown transform {transform!r}")
+
+
+def _logit(x: float) -> float:
+    p = min(max(x, _EPS), 1.0 - _EPS)
+    return math.log(p / (1.0 - p))
+
+
+#: :func:`_transform` on one float (a request's scalar features: see recsys.serving.scoring).
+SCALAR_TRANSFORMS: dict[str, Callable[[float], float]] = {
+    "identity": lambda x: x,
+    "log1p": lambda x: math.log1p(max(x, 0.0)),
+    "log": lambda x: math.log(max(x, 1e-6)),
+    "logit": _logit,
+    "sin_hour": lambda x: math.sin(2.0 * math.pi * x / 24.0),
+    "cos_hour": lambda x: math.cos(2.0 * math.pi * x / 24.0),
+}
 
 
 class DesignPlan:

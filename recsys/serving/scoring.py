@@ -11,10 +11,11 @@ A linear score splits exactly along those lines::
           = item_part[item] + item_hour_part[item, hour band] + context_part + candidate_part
 
 The item parts are computed once per model version for every item of the table (and once for an
-item the table lacks: all its item features null); the context part from a one-row design; only
-the columns that read per-candidate inputs (the ALS score, price vs basket) are built per
-candidate. Same :class:`~recsys.ranking.ranker.Feature` semantics, same design code
-(a :class:`~recsys.ranking.ranker.DesignPlan` of each part's features): a test checks the scores
+item the table lacks: all its item features null); the context part in plain Python over the
+request's scalars (:class:`_ContextPart`); only the columns that read per-candidate inputs (the
+ALS score, price vs basket) are built per candidate. Same :class:`~recsys.ranking.ranker.Feature`
+semantics; the item and candidate parts use the same design code (a
+:class:`~recsys.ranking.ranker.DesignPlan` of the part's features): a test checks the scores
 equal the full design's. Explanations (per-feature contributions) still use the full design.
 """
 
@@ -23,9 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import math
+
 import numpy as np
 
-from recsys.ranking.ranker import HOUR, POSITION, DesignPlan, Feature, LinearRanker
+from recsys.ranking.ranker import HOUR, POSITION, SCALAR_TRANSFORMS, DesignPlan, Feature, LinearRanker
 from recsys.serving.item_features import ITEM_VIEWS, ItemFeatureTable
 
 ITEM, ITEM_HOUR, CONTEXT, CANDIDATE = "item", "item_hour", "context", "candidate"
@@ -58,6 +61,51 @@ class _Part:
         return self.plan(rows, serving=True) @ self.coef + self.offset
 
 
+def _is_null(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+class _ContextPart:
+    """The context part: features of the request's scalars (user, restaurant, request time).
+
+    Why not a one-row :class:`DesignPlan`: its ~20 numpy calls cost ~100 us per request whatever
+    the row count, more than the rest of the ranker; a Python loop over these ~20 features costs
+    a tenth of that. The semantics are :class:`~recsys.ranking.ranker.Feature`'s at serving
+    (position fixed at 0); the parts test checks it against the full design.
+    """
+
+    def __init__(self, ranker: LinearRanker, columns: list[int]):
+        self.features = [ranker.features[j] for j in columns]
+        coef = ranker.weights[columns] / ranker.scales[columns]
+        self.offset = -float(np.dot(ranker.means[columns], coef))
+        self.terms = list(zip(self.features, coef.tolist()))
+        for f in self.features:
+            if f.kind == "numeric" and f.transform not in SCALAR_TRANSFORMS:
+                raise ValueError(f"feature {f.name!r}: unknown transform {f.transform!r}")
+
+    def __bool__(self) -> bool:
+        return bool(self.features)
+
+    def __call__(self, context: Mapping[str, Any]) -> float:
+        total = self.offset
+        hour = context.get(HOUR)
+        for f, c in self.terms:
+            v = context.get(f.column)
+            if f.kind == "numeric":
+                x = SCALAR_TRANSFORMS[f.transform](float(f.default) if _is_null(v) else float(v))
+            elif f.kind == "missing":
+                x = 1.0 if _is_null(v) else 0.0
+            elif f.kind == "onehot":
+                x = 1.0 if not _is_null(v) and v == f.value else 0.0
+            elif f.kind == "onehot_x_hour":
+                lo, hi = f.hours
+                x = 1.0 if not _is_null(v) and v == f.value and not _is_null(hour) and lo <= hour < hi else 0.0
+            else:  # position: 0 at serving
+                x = 1.0 if int(f.value) == 0 else 0.0
+            total += c * x
+        return total
+
+
 class MenuScorer:
     """``score(candidate_ids, context, hour, candidate_rows)`` == the ranker's score of the full rows.
 
@@ -73,7 +121,7 @@ class MenuScorer:
             parts[part_of(f, context_views, context_columns)].append(j)
         self.bias = ranker.bias
         self.item_ids = items.item_ids
-        self.context = _Part(ranker, parts[CONTEXT])
+        self.context = _ContextPart(ranker, parts[CONTEXT])
         self.candidate = _Part(ranker, parts[CANDIDATE])
         self.candidate_columns = tuple(dict.fromkeys(f.column for f in self.candidate.features))
         item, item_hour = _Part(ranker, parts[ITEM]), _Part(ranker, parts[ITEM_HOUR])
@@ -104,7 +152,7 @@ class MenuScorer:
         rows = self.rows_of(np.asarray(candidate_ids, dtype=np.int64))
         score = self.item_part[rows] + self.item_hour_part[rows, self.band_of_hour[hour]] + self.bias
         if self.context:
-            score += self.context({k: [v] for k, v in context.items()} or {"_": [0.0]})[0]
+            score += self.context(context)
         if self.candidate:
             score += self.candidate(candidate_rows(self.candidate_columns))
         return score
