@@ -1,8 +1,10 @@
 """Feature samples: the ranker inputs serving actually used, for skew and drift monitoring.
 
 The contract between the server (which logs a sample of requests) and the monitors (which read
-the landed Parquet). Long format, one row per (request, candidate item, feature), so any feature
-set fits one schema:
+the landed Parquet). Long format, one row per (request, shown item, feature), so any feature set
+fits one schema. The items are those the request showed (its top k, in position order), the same
+population as the logged impressions the reference profile and the ranker's training rows are
+made of:
 
 | column | type | meaning |
 | --- | --- | --- |

@@ -122,9 +122,14 @@ def _user_key(user_id: str, uid: int | None) -> str:
     return user_id if uid is None else str(uid)
 
 
-def _feature_sample(bundle: Bundle, inputs: MenuInputs, request_ts: datetime, uid: int, rid: int) -> FeatureSample:
-    """The ranker's input rows of this request, computed when the sampler gets to it: the same
-    stages (FAISS scores of every candidate, then :func:`feature_rows`) on the same immutable inputs."""
+def _feature_sample(bundle: Bundle, inputs: MenuInputs, ranked: RankedList, request_ts: datetime, uid: int,
+                    rid: int) -> FeatureSample:
+    """The ranker's input rows of the items this request showed, in position order, computed when
+    the sampler gets to it: the same stages (FAISS scores, then :func:`feature_rows`) on the same
+    immutable inputs. Shown items, not every candidate: the reference profile's rows are logged
+    impressions, so the sample is the same population (and 20x less to log)."""
+    inputs = replace(inputs, candidate_ids=np.array([int(e.id) for e in ranked.entries], dtype=np.int64))
+
     def compute():
         scored, _ = score_embeddings(bundle.menu.index, inputs, keep_unknown=True)
         return scored.ids, feature_rows(bundle.menu.items, inputs, scored, request_ts)
@@ -302,7 +307,7 @@ class ModelRecommender:
         ranked = present(candidates, filters, request, self.exploration, policy=bundle.version)
         if self.sample_rate > 0 and bundle.menu.ranker is not None and is_sampled(request.request_id,
                                                                                   self.sample_rate):
-            ranked = replace(ranked, feature_sample=_feature_sample(bundle, inputs, request_ts, uid, rid))
+            ranked = replace(ranked, feature_sample=_feature_sample(bundle, inputs, ranked, request_ts, uid, rid))
         return ranked
 
     def recommend_restaurants(self, request: RestaurantsRequest) -> RankedList:

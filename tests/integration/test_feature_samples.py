@@ -6,6 +6,7 @@ requests are sampled follows ``is_sampled``; feeds, fallbacks and rate 0 log non
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import grpc
@@ -87,6 +88,9 @@ def test_a_sampled_requests_landed_feature_rows_equal_what_the_ranker_used(world
         expected = {}
         for user, restaurant, resp in menus:  # the same stages on the same (unchanged) online row
             inputs = parse_menu(bundle.menu_reader.read({"user_id": user, "restaurant_id": restaurant}, 10.0))
+            shown = np.array([int(e.id) for e in sorted(resp.entries, key=lambda e: e.position)], dtype=np.int64)
+            assert len(shown) == len(resp.entries) < len(inputs.candidate_ids)  # the shown items only
+            inputs = replace(inputs, candidate_ids=shown)
             scored, _ = score_embeddings(bundle.menu.index, inputs, keep_unknown=True)
             expected[resp.request_id] = (user, restaurant, scored.ids,
                                          feature_rows(bundle.menu.items, inputs, scored, REQUEST_TIME))
