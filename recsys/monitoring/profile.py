@@ -99,7 +99,13 @@ def build_profile(
         groups += [(str(k[0]), g) for k, g in frame.group_by(weekday_column)]
     for col in columns:
         for name, values_of in _columns(frame, col):
-            features[name] = {g: describe(values_of(part), n_bins, sample_size, seed) for g, part in groups}
+            described = {}
+            for g, part in groups:
+                values = np.asarray(values_of(part), dtype=float)
+                if g != POOLED and not np.isfinite(values).any():
+                    continue  # no value on this weekday: distribution() falls back to the pooled one
+                described[g] = describe(values, n_bins, sample_size, seed)
+            features[name] = described
     return Profile(features, window)
 
 
