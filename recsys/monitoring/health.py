@@ -1,4 +1,5 @@
-"""Health checks of a model version's outputs: NaN/inf vectors and scores, empty lists, age.
+"""Health checks of a model version's outputs: NaN/inf vectors and scores, vector norms, empty
+lists, age.
 
 Each check is a pure function of frames (so the same check runs on a version's artifacts and on
 rows read back from the online store) returning :class:`HealthAlert` s; :func:`check_version`
@@ -20,11 +21,16 @@ CHECKS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "precompute/user_top_restaurants.parquet": ("user_id", ("scores",), ("restaurant_ids",)),
     "precompute/restaurant_candidates.parquet": ("restaurant_id", ("scores",), ("item_ids",)),
 }
+#: Vector columns whose row norms are checked: a zero vector scores every item 0, and one far
+#: larger than the rest dominates every list it enters (the gate's absolute bound can miss both).
+NORM_CHECKED = {"embeddings/user_embedding.parquet": "embedding", "embeddings/item_embedding.parquet": "embedding"}
+#: A row norm above this many times the artifact's median (or zero) alerts.
+MAX_NORM_RATIO = 100.0
 
 
 @dataclass(frozen=True)
 class HealthAlert:
-    check: str  # "non_finite", "empty_list", "model_age", "missing_artifact"
+    check: str  # "non_finite", "norm", "empty_list", "model_age", "missing_artifact"
     source: str
     column: str
     count: int
@@ -40,6 +46,24 @@ def non_finite_rows(frame: pl.DataFrame, key: str, column: str, source: str) -> 
     ids = bad[key].head(5).to_list()
     return [HealthAlert("non_finite", source, column, bad.height, ids,
                         f"{source}: {bad.height} rows with NaN/inf in {column} ({key} {ids}...)")]
+
+
+def norm_outliers(frame: pl.DataFrame, key: str, column: str, source: str,
+                  max_ratio: float = MAX_NORM_RATIO) -> list[HealthAlert]:
+    """Rows whose vector ``column`` has norm 0 or above ``max_ratio`` x the median norm (finite
+    rows only: non-finite ones are :func:`non_finite_rows`' to report)."""
+    norms = frame.select(pl.col(key), pl.col(column).list.eval(pl.element().cast(pl.Float64) ** 2).list.sum()
+                         .sqrt().alias("norm")).filter(pl.col("norm").is_finite())
+    if norms.height == 0:
+        return []
+    median = float(norms["norm"].median())
+    bad = norms.filter((pl.col("norm") == 0) | (pl.col("norm") > max_ratio * median))
+    if bad.height == 0:
+        return []
+    ids = bad[key].head(5).to_list()
+    return [HealthAlert("norm", source, column, bad.height, ids,
+                        f"{source}: {bad.height} rows with a {column} norm of 0 or above {max_ratio:g}x the median "
+                        f"{median:.3g} ({key} {ids}...)")]
 
 
 def empty_rows(frame: pl.DataFrame, key: str, column: str, source: str) -> list[HealthAlert]:
@@ -67,6 +91,8 @@ def check_frame(frame: pl.DataFrame, source: str) -> list[HealthAlert]:
     for col in finite_cols:
         if col in frame.columns:
             alerts += non_finite_rows(frame, key, col, source)
+    if NORM_CHECKED.get(source) in frame.columns:
+        alerts += norm_outliers(frame, key, NORM_CHECKED[source], source)
     for col in list_cols:
         if col in frame.columns:
             alerts += empty_rows(frame, key, col, source)
