@@ -9,27 +9,33 @@ Two kinds of check, both in one :class:`DriftReport`:
   a changed definition); they cannot see 10% of users changing taste, which leaves every
   marginal distribution where it was.
 * **Surprise shift** (:func:`surprise_shift`): are users, on this day, less like their own recent
-  selves than on the reference days? A one-sided z test on the mean of the per-user
-  log-likelihood ratio ``cuisine_llr`` (:mod:`recsys.monitoring.features`), stratified on the
-  columns its spread depends on. This is the test that sees taste drift; the measurements that
-  chose it are in docs/MONITORING.md.
+  selves than on the reference days? A one-sided z test on the mean of a per-user log-likelihood
+  ratio (:mod:`recsys.monitoring.features`), stratified on the columns its spread depends on.
+  The alerting one (:func:`choice_shift`) runs on ``choice_llr``, every impression of the day
+  scored under the user's own click model against the population's; the cuisine version
+  (``cuisine_llr`` against the same weekday of earlier weeks) is kept as a measured baseline.
+  The measurements that chose them are in docs/MONITORING.md.
 
-Seasonality: the reference days of :func:`daily_drift` are the same weekday of earlier weeks,
-so neither the weekly cycle of activity nor that of cuisine choice reads as drift; a row sums a
-whole day, so the hourly cycle is integrated out.
+Seasonality. ``choice_llr`` compares a user with the population on the same day's lists, so the
+weekly cycle moves both models alike: its daily mean on days without drift varied no more than
+its sampling error, and :func:`choice_shift` pools the ``CHOICE_REFERENCE_DAYS`` days before the day
+(the cuisine statistic had a weekly cycle, so :func:`daily_drift` compares it with the same
+weekday of earlier weeks). Day-to-day variation that sampling error does not explain (it grows
+with the data) is measured on the reference days themselves and scales the z down (the
+*dispersion* of :func:`choice_shift`). A row sums a whole day: the hourly cycle is integrated out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
 from scipy.stats import ks_2samp, norm
 
-from recsys.monitoring.features import DAY, LLR
+from recsys.monitoring.features import CHOICE_LLR, DAY, LLR
 from recsys.monitoring.profile import Distribution, Profile, bin_shares, build_profile
 
 #: Floor on bin shares in PSI so an empty bin gives a large, finite term.
@@ -41,6 +47,16 @@ STRATUM_EDGES: dict[str, tuple[float, ...]] = {
     "history_clicks": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
     "clicks": (2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 20, 24, 32),
 }
+#: The strata of :func:`choice_shift`: ``choice_llr`` sums over the day's impressions and falls as
+#: a user's history grows.
+CHOICE_STRATUM_EDGES: dict[str, tuple[float, ...]] = {
+    "history_clicks": (1, 2, 4, 8, 16, 32, 64),
+    "impressions": (11, 21, 31, 41, 61, 81, 121),
+}
+#: Days before the checked day pooled as the reference of :func:`choice_shift`.
+CHOICE_REFERENCE_DAYS = 7
+#: Fewest reference days to measure the day-to-day dispersion on (below: taken as 1).
+MIN_DISPERSION_DAYS = 3
 #: Fewest rows a stratum needs on each side to count. Small: the strata are many, and the users
 #: in thin strata (many clicks) carry much of the evidence (30 left out a quarter of the rows and
 #: a third of the z of a drifted day).
@@ -53,10 +69,9 @@ class DriftThresholds:
     ks_pvalue: float = 0.01
     ks_min_statistic: float = 0.1
     min_rows: int = 30
-    #: Surprise-shift alert: z above this (one-sided). Days without drift had z with sd 0.9 at
-    #: 10,000 users but 1.6 at 100,000 (day-level noise grows with the data): 1 false alert in
-    #: 120 days there at 4, none at 4.5 (docs/MONITORING.md).
-    surprise_z: float = 4.0
+    #: Surprise-shift alert: z above this (one-sided), after the dispersion scaling of
+    #: :func:`choice_shift` (docs/MONITORING.md has the false alerts and detections it gives).
+    surprise_z: float = 3.5
 
     def __post_init__(self) -> None:
         for name in ("psi_alert", "ks_pvalue", "ks_min_statistic", "surprise_z"):
@@ -79,8 +94,10 @@ class FeatureDrift:
 class SurpriseShift:
     """The day's mean ``feature`` minus the reference's, within strata, pooled into one z.
 
-    ``shift``: the pooled difference of means (nats per user-day for ``cuisine_llr``); ``rows``
-    and ``reference_rows``: the rows in strata that both sides hold (enough reference rows).
+    ``shift``: the pooled difference of means (nats per user-day); ``rows`` and
+    ``reference_rows``: the rows in strata that both sides hold (enough reference rows).
+    ``dispersion``: the day-to-day variance of the reference days in units of their sampling
+    variance (1 when not measured); ``z`` is the sampling z divided by its square root.
     """
 
     feature: str
@@ -91,6 +108,7 @@ class SurpriseShift:
     z: float
     pvalue: float
     alert: bool
+    dispersion: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -231,22 +249,91 @@ def daily_drift(
     day: date,
     columns: Sequence[str],
     *,
+    choice: pl.DataFrame | None = None,
     reference_weeks: int = 4,
+    reference_days_back: int = CHOICE_REFERENCE_DAYS,
     thresholds: DriftThresholds = DriftThresholds(),
 ) -> DriftReport:
     """Drift of ``day``'s rows of ``frame`` (user-day features) against the same weekday of the
-    ``reference_weeks`` weeks before it: PSI and KS for ``columns``, and the surprise shift.
+    ``reference_weeks`` weeks before it (PSI and KS for ``columns``), and the surprise shift:
+    of ``choice`` (:func:`recsys.monitoring.features.user_day_choice` rows) by :func:`choice_shift`
+    when given, else of ``cuisine_llr`` against the same weekdays.
 
     No alert, and a report saying so (no rows, no reference days), when the frame holds no
     reference day: nothing to compare with is not evidence of drift.
     """
     ref_days = reference_days(frame, day, reference_weeks)
     current = frame.filter(pl.col(DAY) == day)
-    names = tuple(str(d) for d in ref_days)
     if not ref_days or current.height == 0:
-        return DriftReport(str(day), [], None, names)
-    ref = frame.filter(pl.col(DAY).is_in(ref_days))
-    profile = build_profile(ref, columns, window=(str(min(ref_days)), str(max(ref_days))))
-    per_feature = check_drift(profile, current, thresholds=thresholds, day=str(day)).rows
-    shift = surprise_shift(current, ref, z_alert=thresholds.surprise_z)
-    return DriftReport(str(day), per_feature, shift, names)
+        per_feature = []
+    else:
+        ref = frame.filter(pl.col(DAY).is_in(ref_days))
+        profile = build_profile(ref, columns, window=(str(min(ref_days)), str(max(ref_days))))
+        per_feature = check_drift(profile, current, thresholds=thresholds, day=str(day)).rows
+    if choice is None:
+        if not per_feature:
+            return DriftReport(str(day), [], None, tuple(str(d) for d in ref_days))
+        shift = surprise_shift(current, frame.filter(pl.col(DAY).is_in(ref_days)), z_alert=thresholds.surprise_z)
+        return DriftReport(str(day), per_feature, shift, tuple(str(d) for d in ref_days))
+    pooled = previous_days(choice, day, reference_days_back)
+    if not pooled or choice.filter(pl.col(DAY) == day).height == 0:
+        return DriftReport(str(day), per_feature, None, ())
+    return DriftReport(str(day), per_feature, choice_shift(choice, day, pooled, z_alert=thresholds.surprise_z),
+                       tuple(str(d) for d in pooled))
+
+
+def previous_days(frame: pl.DataFrame, day: date, days: int) -> list[date]:
+    """The ``days`` days before ``day`` that ``frame`` holds rows of, newest first."""
+    present = set(frame[DAY].unique().to_list())
+    return [d for d in (day - timedelta(days=k) for k in range(1, days + 1)) if d in present]
+
+
+def choice_shift(
+    frame: pl.DataFrame,
+    day: date,
+    reference: Sequence[date],
+    *,
+    feature: str = CHOICE_LLR,
+    strata: Mapping[str, Sequence[float]] = CHOICE_STRATUM_EDGES,
+    z_alert: float = DriftThresholds.surprise_z,
+    min_stratum_rows: int = MIN_STRATUM_ROWS,
+) -> SurpriseShift:
+    """:func:`surprise_shift` of ``day``'s rows against the ``reference`` days' pooled, with the
+    z scaled down by the reference days' own dispersion.
+
+    Dispersion: each reference day is tested the same way against the other reference days; the
+    mean of their squared z is the day-to-day variance in units of the sampling variance (1 when
+    days differ only by sampling). The day's z is divided by the square root of it when it is
+    above 1 and at least ``MIN_DISPERSION_DAYS`` reference days measure it. A reference day whose
+    own z against the others is above ``z_alert`` is left out of the pool and of the dispersion,
+    and the others are measured again without it. Why scale: days share
+    restaurants, openings and exposure, so daily means vary more than sampling says, and the
+    excess grows with the data while sampling error shrinks (a fixed z threshold that holds at
+    10,000 users would false-alert at 100,000). The price at 10,000 users, where there is no
+    excess to speak of: a noisy estimate from a week of days (measured in docs/MONITORING.md).
+    """
+    reference = list(reference)
+
+    def test(d: date, refs: Sequence[date]) -> SurpriseShift:
+        return surprise_shift(frame.filter(pl.col(DAY) == d), frame.filter(pl.col(DAY).is_in(list(refs))),
+                              feature=feature, strata=strata, z_alert=z_alert, min_stratum_rows=min_stratum_rows)
+
+    dispersion = 1.0
+    while len(reference) >= MIN_DISPERSION_DAYS:
+        loo = {d: test(d, [r for r in reference if r != d]).z for d in reference}
+        # A reference day that would alert against the others is a drift candidate, not noise
+        # and not a reference (the first day of a drift, when the next day is checked); the
+        # others are measured again without it.
+        kept = [d for d in reference if not loo[d] > z_alert]
+        if kept and len(kept) < len(reference):
+            reference = kept
+            continue
+        zs = np.array([loo[d] for d in reference])
+        zs = zs[np.isfinite(zs)]
+        if zs.size >= MIN_DISPERSION_DAYS:
+            dispersion = max(1.0, float(np.mean(zs**2)))
+        break
+    raw = test(day, reference)
+    z = raw.z / np.sqrt(dispersion)
+    return replace(raw, z=float(z), pvalue=float(norm.sf(z)), alert=bool(np.isfinite(z) and z > z_alert),
+                   dispersion=dispersion)

@@ -9,8 +9,16 @@ import pytest
 
 from recsys.config import load_config
 from recsys.errors import ConfigError
-from recsys.monitoring.drift import DriftThresholds, check_drift, daily_drift, psi, reference_days, surprise_shift
-from recsys.monitoring.features import user_day_features
+from recsys.monitoring.drift import (
+    DriftThresholds,
+    check_drift,
+    choice_shift,
+    daily_drift,
+    psi,
+    reference_days,
+    surprise_shift,
+)
+from recsys.monitoring.features import user_day_choice, user_day_features
 from recsys.monitoring.profile import bin_shares, build_profile, load_profile, save_profile
 from recsys.monitoring.retrain import run_retrain
 
@@ -135,6 +143,63 @@ def test_daily_drift_reports_psi_ks_per_feature_and_the_surprise_shift():
     assert report.to_dict()["reference_days"] == [str(day - timedelta(days=7))]
 
 
+# ---- the choice shift: pooled previous days, scaled by their dispersion ----
+
+def _choice_days(rng, day, n, offsets, *, shifted_share=0.0):
+    """Choice rows of the days ``day - k`` (k in offsets), each day's mean moved by its offset
+    entry: ``offsets`` maps k -> extra mean of that day (day-level noise)."""
+    frames = []
+    for k, extra in offsets.items():
+        d = day - timedelta(days=k)
+        impressions = 10.0 * (1 + rng.poisson(1.0, n))
+        llr = -0.01 * impressions + rng.normal(extra, 1.0, n) + 1.0 * (rng.random(n) < shifted_share) * (k == 0)
+        frames.append(pl.DataFrame({"day": [d] * n, "weekday": [d.weekday()] * n, "choice_llr": llr,
+                                    "impressions": impressions, "history_clicks": rng.integers(0, 40, n).astype(float)}))
+    return pl.concat(frames)
+
+
+def test_choice_shift_alerts_when_a_tenth_of_users_shift_against_the_pooled_days_before():
+    rng = np.random.default_rng(10)
+    day = date(2026, 10, 29)
+    quiet = _choice_days(rng, day, 5_000, {k: 0.0 for k in range(8)})
+    drifted = _choice_days(rng, day, 5_000, {k: 0.0 for k in range(8)}, shifted_share=0.1)
+    refs = [day - timedelta(days=k) for k in range(1, 8)]
+    assert not choice_shift(quiet, day, refs).alert
+    shift = choice_shift(drifted, day, refs)
+    assert shift.alert and shift.z > 5 and shift.dispersion < 2
+
+
+def test_choice_shift_scales_z_down_by_the_day_to_day_dispersion_of_its_reference_days():
+    rng = np.random.default_rng(11)
+    day = date(2026, 10, 29)
+    noisy = {0: 0.12, 1: 0.04, 2: -0.04, 3: 0.03, 4: -0.03, 5: 0.04, 6: -0.04, 7: 0.0}  # a noisy week
+    frame = _choice_days(rng, day, 5_000, noisy)
+    shift = choice_shift(frame, day, [day - timedelta(days=k) for k in range(1, 8)])
+    assert shift.dispersion > 4 and not shift.alert
+    assert shift.z * np.sqrt(shift.dispersion) > 4  # the sampling z alone would have alerted
+
+
+def test_a_reference_day_that_alerts_against_the_others_is_left_out_of_the_reference():
+    # The day after a drift started: the drift day, among the references, must neither raise the
+    # reference mean nor read as day-to-day noise.
+    rng = np.random.default_rng(13)
+    day = date(2026, 10, 29)
+    frame = _choice_days(rng, day, 5_000, {0: 0.15, 1: 0.15, **{k: 0.0 for k in range(2, 8)}})
+    shift = choice_shift(frame, day, [day - timedelta(days=k) for k in range(1, 8)])
+    assert shift.alert and shift.dispersion < 2 and shift.reference_rows <= 6 * 5_000  # of 7 days
+
+
+def test_daily_drift_alerts_on_the_choice_shift_when_given_choice_rows():
+    rng = np.random.default_rng(12)
+    day = date(2026, 10, 29)
+    cuisine = pl.concat([_user_days(rng, 2_000, day=day), _user_days(rng, 2_000, day=day - timedelta(days=7))])
+    choice = _choice_days(rng, day, 5_000, {k: 0.0 for k in range(8)}, shifted_share=0.15)
+    report = daily_drift(cuisine, day, ["cuisine_llr"], choice=choice)
+    assert report.surprise.feature == "choice_llr" and report.alert
+    assert report.alerts == ["surprise_shift(choice_llr)"] and len(report.reference_days) == 7
+    assert not daily_drift(cuisine, day, ["cuisine_llr"]).alert  # the cuisine rows alone are quiet
+
+
 # ---- monitored features on a hand-made log ----
 
 CUISINE_OF = {1: "pizza", 2: "sushi", 3: "burger"}
@@ -170,6 +235,43 @@ def test_user_day_features_compare_a_day_with_the_users_own_baseline_window():
     # pizza share (1 + 3 * 0.2) / (3 + 3).
     assert got[(10, 4)]["cuisine_llr"] == pytest.approx(np.log(0.2 / (1.6 / 6)), rel=1e-5)
     assert got[(10, 4)]["weekday"] == date(2026, 10, 4).weekday()
+
+
+def _choice_log(rows):
+    """Feed impressions from (day offset, user, restaurant, position, clicked)."""
+    start = datetime(2026, 10, 1, 12, tzinfo=timezone.utc)
+    return pl.DataFrame({
+        "request_id": list(range(len(rows))), "ts": [start + timedelta(days=d) for d, *_ in rows],
+        "user_id": [r[1] for r in rows], "surface": ["feed"] * len(rows), "restaurant_id": [r[2] for r in rows],
+        "item_id": [None] * len(rows), "position": [r[3] for r in rows], "clicked": [r[4] for r in rows],
+    }, schema_overrides={"ts": pl.Datetime("us", "UTC"), "item_id": pl.Int64}).lazy()
+
+
+def test_user_day_choice_scores_a_user_who_leaves_their_usual_restaurant_above_one_who_keeps_it():
+    # Every day users 10 and 11 are shown restaurants 1 (pizza) and 2 (sushi), and so are 20
+    # others who click either. 10 and 11 always clicked 1; on day 3, 10 clicks 1 again, 11 clicks 2.
+    restaurants = pl.DataFrame({"restaurant_id": [1, 2], "cuisine": ["pizza", "sushi"]}).lazy()
+    rows = []
+    for d in range(4):
+        for u in range(100, 120):
+            rows += [(d, u, 1, 0, u % 2 == 0), (d, u, 2, 1, u % 2 == 1)]
+        rows += [(d, 10, 1, 0, True), (d, 10, 2, 1, False)]
+        rows += [(d, 11, 1, 0, d < 3), (d, 11, 2, 1, d == 3)]
+    frame = user_day_choice(_choice_log(rows), restaurants, baseline_days=3)
+    got = {r["user_id"]: r for r in frame.iter_rows(named=True)}
+    assert frame["day"].unique().to_list() == [date(2026, 10, 4)]  # only day 3 has a full window
+    assert got[10]["choice_llr"] < 0 < got[11]["choice_llr"]  # own model better for 10, worse for 11
+    assert got[10]["impressions"] == 2 and got[10]["clicks"] == 1 and got[10]["history_clicks"] == 3
+    assert got[10]["menu_llr"] == 0.0 and got[10]["choice_llr"] == got[10]["feed_llr"]
+    assert abs(np.mean([got[u]["choice_llr"] for u in range(100, 120)])) < abs(got[11]["choice_llr"])
+
+
+def test_user_day_choice_does_not_score_a_restaurant_new_within_the_window():
+    restaurants = pl.DataFrame({"restaurant_id": [1, 2], "cuisine": ["pizza", "sushi"]}).lazy()
+    rows = [(d, u, 1, 0, u == 10) for d in range(4) for u in (10, 11)]
+    rows += [(2, 10, 2, 1, False), (3, 10, 2, 1, True)]  # restaurant 2 first shown on day 2
+    frame = user_day_choice(_choice_log(rows), restaurants, baseline_days=3)
+    assert frame.filter(pl.col("user_id") == 10)["impressions"].to_list() == [1.0]
 
 
 # ---- configuration ----
