@@ -125,12 +125,12 @@ class GateConfig(_Frozen):
 class MonitoringConfig(_Frozen):
     """`recsys monitor`: drift thresholds and what a drift alert triggers (docs/MONITORING.md)."""
 
-    # Days of a user's own clicks their day is compared with (one week: every weekday once).
+    # Cuisine features (PSI/KS): days of a user's own clicks their day is compared with.
     baseline_days: int = Field(default=7, gt=0)
-    # A day is compared with the same weekday of up to this many earlier weeks.
+    # PSI/KS: a day is compared with the same weekday of up to this many earlier weeks.
     reference_weeks: int = Field(default=4, gt=0)
-    # Surprise-shift alert: one-sided z above this.
-    surprise_z_alert: float = Field(default=4.0, gt=0)
+    # Surprise-shift alert: one-sided z above this (docs/MONITORING.md, "Why 3.5").
+    surprise_z_alert: float = Field(default=3.5, gt=0)
     psi_alert: float = Field(default=0.2, gt=0)
     ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
     ks_min_statistic: float = Field(default=0.1, gt=0, le=1)
