@@ -44,7 +44,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from recsys.errors import RecsysError
-from recsys.ranking.exploration import RequestDraws, explore_one
+from recsys.ranking.exploration import RequestDraws, explore_top
 from recsys.ranking.index import ItemIndex
 from recsys.ranking.ranker import ALS_SCORE, HOUR, LinearRanker
 from recsys.serving.domain import Entry, Filtered, RankedList
@@ -344,22 +344,19 @@ def present(candidates: Candidates, filters: tuple[Filtered, ...], request, expl
             policy: str, degraded: bool = False, reason: str = "") -> RankedList:
     """Explore (one scheme: a uniform permutation with probability epsilon, exact propensities),
     then the top ``request.k``. ``request``: anything with ``request_id``, ``k`` and ``explain``."""
-    ex = explore_one(candidates.score, candidates.ids, exploration.epsilon,
-                     RequestDraws(exploration.seed, request.request_id))
-    shown = np.argsort(ex.shown_rank, kind="stable")[:request.k]
-    prop = ex.propensity(exploration.epsilon)[shown]
-    explored = float(ex.explored[0]) if len(ex.explored) else 0.0
+    shown = explore_top(candidates.score, candidates.ids, exploration.epsilon,
+                        RequestDraws(exploration.seed, request.request_id), request.k)
     # Python scalars once per list (tolist), not a numpy scalar conversion per field and entry.
-    rows = zip(shown.tolist(), candidates.ids[shown].tolist(), candidates.score[shown].tolist(),
-               ex.shown_rank[shown].tolist(), prop.tolist())
+    rows = enumerate(zip(shown.index.tolist(), candidates.ids[shown.index].tolist(),
+                         candidates.score[shown.index].tolist(), shown.propensity.tolist(), shown.greedy_rank.tolist()))
     if not request.explain:
-        entries = tuple(Entry(str(id_), score, position, p, _EMPTY) for _, id_, score, position, p in rows)
+        entries = tuple(Entry(str(id_), score, position, p, _EMPTY) for position, (_, id_, score, p, _) in rows)
     else:
         entries = tuple(
             Entry(str(id_), score, position, p, MappingProxyType({
                 **(candidates.explanation[i] if candidates.explanation else {}),
-                "greedy_rank": float(ex.greedy_rank[i]), "explored": explored}))
-            for i, id_, score, position, p in rows)
+                "greedy_rank": float(greedy), "explored": float(shown.explored)}))
+            for position, (i, id_, score, p, greedy) in rows)
     return RankedList(request_id=request.request_id, model_version=policy, entries=entries, degraded=degraded,
                       degraded_reason=reason, filters=filters, n_candidates=len(candidates.ids))
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from recsys.ranking.exploration import explore_rank, propensity, rank_within_groups
+from recsys.ranking.exploration import RequestDraws, explore_rank, explore_top, propensity, rank_within_groups
 
 
 def test_rank_within_groups_orders_each_group_by_key_then_tiebreak():
@@ -60,3 +60,30 @@ def test_fast_ranking_path_equals_lexsort_on_random_ragged_groups():
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
         expected[order] = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
         assert rank_within_groups(group, key, tiebreak).tolist() == expected.tolist()
+
+
+def test_explore_top_shows_the_first_k_entries_of_the_scheme_with_their_propensities():
+    """Serving's one-request path against the batch scheme: the greedy ranks of explore_rank, the
+    permutation of the same draws when exploring, and propensity() of the resulting ranks."""
+    rng = np.random.default_rng(3)
+    explored_seen = set()
+    for trial in range(300):
+        n, k = int(rng.integers(0, 30)), int(rng.integers(1, 12))
+        eps = float(rng.choice([0.0, 0.3, 1.0]))
+        score = rng.integers(0, 5, n).astype(float)  # many ties: broken by ascending id
+        ids = rng.permutation(1000)[:n]
+        draws = RequestDraws(7, f"request-{trial}")
+        greedy_rank = explore_rank(np.zeros(n, dtype=int), score, ids, np.array([False]),
+                                   np.random.default_rng(0)).greedy_rank
+        explored = draws.random() < eps
+        shown_rank = draws.permutation(n) if explored else greedy_rank
+        want = np.argsort(shown_rank, kind="stable")[:k]
+
+        got = explore_top(score, ids, eps, RequestDraws(7, f"request-{trial}"), k)
+        assert got.explored == explored
+        assert got.index.tolist() == want.tolist()
+        assert got.greedy_rank.tolist() == greedy_rank[want].tolist()
+        np.testing.assert_allclose(got.propensity,
+                                   propensity(greedy_rank, shown_rank, np.full(n, n), eps)[want])
+        explored_seen.add(explored)
+    assert explored_seen == {True, False}
