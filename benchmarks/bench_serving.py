@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis_proc.terminate()
                 redis_proc.wait()
 
-    metrics = ("p50_ms", "p99_ms", "throughput_rps")
+    metrics = ("p50_ms", "p99_ms", "throughput_rps", "server_cpu_ms")
     # Each server's numbers: the median over rounds (per metric); the full rounds are kept too.
     results = {name: {**runs[0], **{m: float(np.median([x[m] for x in runs])) for m in metrics},
                       "rounds": [{m: x[m] for m in metrics} for x in runs]}
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         """Median over rounds of the per-round ratio (both servers measured in the same round)."""
         pairs = list(zip(rounds[a], rounds[b]))
         return {key: float(np.median([x[m] / y[m] for x, y in pairs]))
-                for key, m in (("p50", "p50_ms"), ("p99", "p99_ms"), ("throughput", "throughput_rps"))}
+                for key, m in (("p50", "p50_ms"), ("p99", "p99_ms"), ("throughput", "throughput_rps"),
+                               ("server_cpu", "server_cpu_ms"))}
 
     ratios = {}
     for n in args.catalogs:
@@ -277,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                           "rss_over_raw": s["peak_rss_mb"] / (raw / 2**20),
                           "floor_peak_rss_mb": results[f"floor_{n}"]["server"]["peak_rss_mb"]}
     for name, r in results.items():
-        print(f"{name:22s} p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  {r['throughput_rps']:8.0f} req/s")
+        print(f"{name:22s} p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  {r['throughput_rps']:8.0f} req/s  "
+              f"server CPU {r['server_cpu_ms']:.2f} ms/request")
     for name, r in ratios.items():
         print(f"{name:32s} " + "  ".join(f"{k} x{v:.2f}" for k, v in r.items()))
     for n, m in memory.items():

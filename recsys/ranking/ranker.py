@@ -138,7 +138,7 @@ def _n_rows(rows: Mapping) -> int:
     return n.pop()
 
 
-def _transform(x: np.ndarray, transform: str) -> np.ndarray:
+def apply_transform(x: np.ndarray, transform: str) -> np.ndarray:
     if transform == "identity":
         return x
     if transform == "log1p":
@@ -160,7 +160,7 @@ def _logit(x: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-#: :func:`_transform` on one float (a request's scalar features: see recsys.serving.scoring).
+#: :func:`apply_transform` on one float (a request's scalar features: see recsys.serving.scoring).
 SCALAR_TRANSFORMS: dict[str, Callable[[float], float]] = {
     "identity": lambda x: x,
     "log1p": lambda x: math.log1p(max(x, 0.0)),
@@ -262,7 +262,7 @@ class DesignPlan:
                 raw[i] = as_float(name)
             filled = np.where(np.isnan(raw), self.num_defaults, raw)
             for transform, lo, hi in self.num_slices:
-                filled[lo:hi] = _transform(filled[lo:hi], transform)
+                filled[lo:hi] = apply_transform(filled[lo:hi], transform)
             X[:, self.num_cols] = filled.T
         for name, cols in self.missing.items():
             X[:, cols] = _is_null(rows.get(name), n)[:, None]

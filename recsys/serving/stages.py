@@ -220,7 +220,7 @@ class MenuModel:
     def __post_init__(self) -> None:
         if self.ranker is not None:  # computation once per version (no I/O)
             object.__setattr__(self, "scorer", MenuScorer(self.ranker, self.items, CONTEXT_VIEWS,
-                                                          (HOUR, DAY_OF_WEEK)))
+                                                          (HOUR, DAY_OF_WEEK), row_columns=(PRICE,)))
 
 
 def score_embeddings(index: ItemIndex, inputs: MenuInputs, keep_unknown: bool) -> tuple[Candidates, tuple[Filtered, ...]]:
@@ -273,16 +273,16 @@ def feature_rows(items: ItemFeatureTable, inputs: MenuInputs, candidates: Candid
     return rows
 
 
-def candidate_columns(items: ItemFeatureTable, inputs: MenuInputs, candidates: Candidates,
-                      request_ts: datetime, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """Only ``columns`` of :func:`feature_rows` (the scorer's per-candidate part asks for these)."""
+def candidate_columns(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_ts: datetime,
+                      columns: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Only ``columns`` of :func:`feature_rows` (the scorer's per-candidate part asks for these);
+    ``rows``: the candidates' rows in the scorer's item tables."""
     if set(columns) <= {ALS_SCORE, PRICE_VS_BASKET}:
-        rows: dict[str, np.ndarray] = {ALS_SCORE: candidates.embedding_score}
+        out: dict[str, np.ndarray] = {ALS_SCORE: candidates.embedding_score}
         if PRICE_VS_BASKET in columns:
-            price = items.rows(candidates.ids, (PRICE,)).get(PRICE, np.full(len(candidates.ids), np.nan))
-            rows[PRICE_VS_BASKET] = price_vs_basket(price, inputs.context.get(BASKET))
-        return rows
-    return feature_rows(items, inputs, candidates, request_ts)
+            out[PRICE_VS_BASKET] = price_vs_basket(model.scorer.item_values(PRICE, rows), inputs.context.get(BASKET))
+        return out
+    return feature_rows(model.items, inputs, candidates, request_ts)
 
 
 def rank(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_ts: datetime,
@@ -298,7 +298,7 @@ def rank(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_t
     if not explain:
         score = model.scorer.score(
             candidates.ids, {**inputs.context, **request_columns(request_ts)}, request_ts.hour,
-            lambda columns: candidate_columns(model.items, inputs, candidates, request_ts, columns))
+            lambda columns, rows: candidate_columns(model, inputs, candidates, request_ts, columns, rows))
         return Candidates(candidates.ids, score, candidates.embedding_score)
     X = model.ranker.features_from_rows(feature_rows(model.items, inputs, candidates, request_ts), serving=True)
     score = model.ranker.score(X)

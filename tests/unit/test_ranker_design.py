@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recsys.ranking.ranker import (
-    HOUR, POSITION, DesignPlan, Feature, LinearRanker, RankerError, _column, _is_null, _n_rows, _transform,
+    HOUR, POSITION, DesignPlan, Feature, LinearRanker, RankerError, _column, _is_null, _n_rows, apply_transform,
     design_matrix,
 )
 from recsys.training.ranker_fit import default_features
@@ -26,7 +26,7 @@ def reference_design_matrix(features, rows, serving=True):
     for j, f in enumerate(features):
         if f.kind == "numeric":
             raw = _column(rows, f.column, n, "float")
-            X[:, j] = _transform(np.where(np.isnan(raw), f.default, raw), f.transform)
+            X[:, j] = apply_transform(np.where(np.isnan(raw), f.default, raw), f.transform)
         elif f.kind == "missing":
             X[:, j] = _is_null(rows.get(f.column), n)
         elif f.kind == "onehot":

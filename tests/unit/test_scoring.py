@@ -59,7 +59,7 @@ def test_each_feature_is_assigned_the_part_its_columns_imply():
 def test_scores_in_parts_equal_the_full_design(seed):
     rng = np.random.default_rng(seed)
     ranker, items = _ranker(seed), _items(50, rng)
-    scorer = MenuScorer(ranker, items, CONTEXT_VIEWS, (HOUR, DAY_OF_WEEK))
+    scorer = MenuScorer(ranker, items, CONTEXT_VIEWS, (HOUR, DAY_OF_WEEK), row_columns=(PRICE,))
     for _ in range(30):
         ids = rng.choice(100, size=20, replace=False).astype(np.int64)  # known and unknown items
         hour = int(rng.integers(24))
@@ -74,8 +74,9 @@ def test_scores_in_parts_equal_the_full_design(seed):
                 ALS_SCORE: als, PRICE_VS_BASKET: pvb, "position": np.full(20, 3.0)}
         asked = []
 
-        def candidate_rows(columns):
+        def candidate_rows(columns, rows):
             asked.append(columns)
+            np.testing.assert_array_equal(scorer.item_values(PRICE, rows), items.rows(ids)[PRICE])
             return {ALS_SCORE: als, PRICE_VS_BASKET: pvb}
 
         got = scorer.score(ids, context, hour, candidate_rows)
@@ -88,5 +89,5 @@ def test_an_empty_item_table_scores_every_item_as_unknown():
     scorer = MenuScorer(ranker, ItemFeatureTable(), CONTEXT_VIEWS, (HOUR, DAY_OF_WEEK))
     ids = np.array([3, 4], dtype=np.int64)
     rows = {ALS_SCORE: np.array([0.1, 0.2]), PRICE_VS_BASKET: np.array([1.0, 2.0])}
-    got = scorer.score(ids, {HOUR: 5.0}, 5, lambda columns: rows)
+    got = scorer.score(ids, {HOUR: 5.0}, 5, lambda columns, _: rows)
     np.testing.assert_allclose(got, ranker.score_rows({**rows, HOUR: np.full(2, 5.0)}), atol=1e-9)
