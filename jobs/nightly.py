@@ -171,7 +171,7 @@ def step_monitoring(config: Config, ctx: RunContext) -> dict[str, Any]:
                   weights=config.training.weights, num_threads=config.training.num_threads, since=start)
     rows = build_training_set(open_store(config), log, als, t1, t2)
     ranker = LinearRanker.load(out / "ranker.json") if (out / "ranker.json").exists() else None
-    profile = reference_profile(rows.frame, ranker, (t1, t2), seed=config.seed)
+    profile = reference_profile(rows.frame, ranker, (t1, t2), log_start=start, seed=config.seed)
     save_profile(profile, out / REFERENCE_PROFILE)
     manifest = definitions_manifest(config)
     save_manifest(manifest, out / DEFINITIONS_MANIFEST)

@@ -33,7 +33,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
-from scipy.stats import ks_2samp, norm
+from scipy.stats import ks_2samp, kstwo, norm
 
 from recsys.monitoring.features import CHOICE_LLR, DAY, LLR
 from recsys.monitoring.profile import Distribution, Profile, bin_shares, build_profile
@@ -145,16 +145,29 @@ def psi(expected: Sequence[float], actual: Sequence[float], eps: float = PSI_EPS
 
 
 def feature_drift(name: str, group: str, ref: Distribution, values: np.ndarray,
-                  thresholds: DriftThresholds) -> FeatureDrift:
+                  thresholds: DriftThresholds, *, clusters: int | None = None) -> FeatureDrift:
+    """PSI and KS of ``values`` against ``ref``.
+
+    ``clusters``: when the values come in correlated groups (a sampled request logs all the items
+    it showed, and a user's or restaurant's value repeats in each), the number of groups, taken
+    as the sample size of the KS test and of ``min_rows`` instead of the value count (the
+    conservative bound: exact for values constant within a group).
+    """
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
-    if values.size < thresholds.min_rows:
+    n = values.size if clusters is None else min(clusters, values.size)
+    if n < thresholds.min_rows:
         return FeatureDrift(name, group, int(values.size), float("nan"), float("nan"), float("nan"), False)
     p = psi(ref.shares, bin_shares(values, ref.edges))
     ks = ks_2samp(values, np.asarray(ref.sample, dtype=float))
-    alert = p > thresholds.psi_alert or (ks.pvalue < thresholds.ks_pvalue
-                                         and ks.statistic >= thresholds.ks_min_statistic)
-    return FeatureDrift(name, group, int(values.size), p, float(ks.statistic), float(ks.pvalue), bool(alert))
+    pvalue = float(ks.pvalue) if n == values.size else _ks_pvalue(float(ks.statistic), n, len(ref.sample))
+    alert = p > thresholds.psi_alert or (pvalue < thresholds.ks_pvalue and ks.statistic >= thresholds.ks_min_statistic)
+    return FeatureDrift(name, group, int(values.size), p, float(ks.statistic), pvalue, bool(alert))
+
+
+def _ks_pvalue(statistic: float, n: int, m: int) -> float:
+    """Two-sample KS p-value for samples of ``n`` and ``m`` (scipy's asymptotic form)."""
+    return float(kstwo.sf(statistic, max(1, round(n * m / (n + m)))))
 
 
 def check_drift(

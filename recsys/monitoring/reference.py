@@ -45,10 +45,13 @@ def feature_columns(frame: pl.DataFrame) -> tuple[list[str], list[str]]:
 
 
 def reference_profile(rows: pl.DataFrame, ranker: LinearRanker | None, window: tuple[datetime, datetime],
-                      *, seed: int = 0, sample_size: int = SAMPLE_SIZE) -> Profile:
+                      *, log_start: datetime, seed: int = 0, sample_size: int = SAMPLE_SIZE) -> Profile:
     """The profile of ``rows`` (ranker training rows with ``ts``) and of the model's scores on them.
 
-    ``ranker``: the shipped ranker (None when none shipped); ``window``: the rows' [since, until).
+    ``ranker``: the shipped ranker (None when none shipped); ``window``: the rows' [since, until);
+    ``log_start``: the first event of the log the features were computed from, kept in
+    ``meta["log_start"]`` (a feature over a window longer than the log before ``window`` is still
+    warming up: :mod:`recsys.monitoring.serving_drift`).
     """
     numeric, strings = feature_columns(rows)
     frame = rows.with_columns((pl.col("ts").dt.weekday() - 1).cast(pl.Int8).alias(WEEKDAY),
@@ -63,5 +66,6 @@ def reference_profile(rows: pl.DataFrame, ranker: LinearRanker | None, window: t
                             sample_size=sample_size, seed=seed,
                             window=(window[0].isoformat(), window[1].isoformat()))
     scores = [ALS_SCORE] + ([RANKER_SCORE] if ranker is not None else [])
-    return replace(profile, meta={"rows": str(rows.height), "scores": ",".join(scores),
+    return replace(profile, meta={"rows": str(rows.height), "log_start": log_start.isoformat(),
+                                  "scores": ",".join(scores),
                                   "not_profiled": ",".join(strings), "empty": ",".join(empty)})
