@@ -160,12 +160,14 @@ class ItemIndex:
         at = np.minimum(np.searchsorted(self._sorted, item_ids), len(self._sorted) - 1)
         return np.where(self._sorted[at] == item_ids, at if self._order is None else self._order[at], -1)
 
-    def score(self, user_vector: np.ndarray, item_ids: np.ndarray) -> CandidateScores:
-        """Inner products of ``user_vector`` (dim,) with exactly ``item_ids``, in their order."""
+    def score(self, user_vector: np.ndarray, item_ids: np.ndarray,
+              positions: np.ndarray | None = None) -> CandidateScores:
+        """Inner products of ``user_vector`` (dim,) with exactly ``item_ids``, in their order.
+        ``positions``: ``self.positions(item_ids)``, when the caller has it already."""
         user_vector = np.asarray(user_vector, dtype=np.float32).reshape(-1)
         if user_vector.shape[0] != self.dim:
             raise DataContractError(f"user vector has {user_vector.shape[0]} dims, the index {self.dim}")
-        pos = self.positions(item_ids)
+        pos = self.positions(item_ids) if positions is None else positions
         known = pos >= 0
         if known.all():
             return CandidateScores(np.take(self.vectors, pos, axis=0) @ user_vector, known)

@@ -187,11 +187,14 @@ class MenuScorer:
         return np.full(len(rows), np.nan) if values is None else values[rows]
 
     def score(self, candidate_ids: np.ndarray, context: Mapping[str, Any], hour: int,
-              candidate_rows: Callable[[tuple[str, ...], np.ndarray], Mapping[str, np.ndarray]]) -> np.ndarray:
+              candidate_rows: Callable[[tuple[str, ...], np.ndarray], Mapping[str, np.ndarray]],
+              rows: np.ndarray | None = None) -> np.ndarray:
         """Logits of the candidates. ``context``: scalars by column (user, restaurant, request time);
         ``candidate_rows(columns, rows)``: the per-candidate columns asked for (only called if
-        needed), given the candidates' table rows (for :meth:`item_values`)."""
-        rows = self.rows_of(np.asarray(candidate_ids, dtype=np.int64))
+        needed), given the candidates' table rows (for :meth:`item_values`); ``rows``:
+        ``self.rows_of(candidate_ids)``, when the caller has it already."""
+        if rows is None:
+            rows = self.rows_of(np.asarray(candidate_ids, dtype=np.int64))
         score = self.item_part[rows] + self.item_hour_part[rows, self.band_of_hour[hour]] + self.bias
         if self.context:
             score += self.context(context)

@@ -34,6 +34,7 @@ means "available": the updater only reports what it knows.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
@@ -69,6 +70,8 @@ DAY_OF_WEEK = "request_time__day_of_week"
 PRICE_VS_BASKET = "price_vs_basket__price_vs_basket"
 PRICE, BASKET = "item_profile__price", "user_stats__avg_basket_price_28d"
 DEFAULT_PRICE_RATIO = 1.0  # feature_repo/on_demand.py
+# Distinct candidate lists whose plans a model version keeps (~5 KB each at 200 candidates).
+PLAN_CACHE_ENTRIES = 4096
 
 # Degraded reasons (the fallback answering follows the colon).
 UNKNOWN_USER = "unknown_user"
@@ -208,22 +211,65 @@ class Candidates:
 
 
 @dataclass(frozen=True)
+class CandidatePlan:
+    """What depends only on a candidate list and the model version: each candidate's row in the
+    FAISS index (-1: not indexed) and in the scorer's item tables (None without a ranker)."""
+
+    positions: np.ndarray
+    rows: np.ndarray | None
+
+
+class CandidatePlans:
+    """A bounded cache of :class:`CandidatePlan` by candidate list (its bytes: same ids, same plan).
+
+    Why: a restaurant's candidate list is fixed for a model version (the precomputed row is the
+    version's, by the model-version contract), and looking its 200 ids up in the index and the item
+    table costs ~10 numpy calls per request. Oldest entries are evicted first; a miss computes the
+    plan, so the cache changes cost, never results.
+    """
+
+    def __init__(self, index: ItemIndex, scorer: MenuScorer | None, capacity: int = PLAN_CACHE_ENTRIES):
+        self.index, self.scorer, self.capacity = index, scorer, capacity
+        self._plans: dict[bytes, CandidatePlan] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ids: np.ndarray) -> CandidatePlan:
+        key = ids.tobytes()
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = CandidatePlan(self.index.positions(ids), self.scorer.rows_of(ids) if self.scorer else None)
+            with self._lock:
+                while len(self._plans) >= self.capacity > 0:
+                    self._plans.pop(next(iter(self._plans)))
+                if self.capacity > 0:
+                    self._plans[key] = plan
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+@dataclass(frozen=True)
 class MenuModel:
-    """What the menu stages need from one model version (immutable once loaded)."""
+    """What the menu stages need from one model version (immutable once loaded, but for the cache
+    of candidate plans)."""
 
     version: str
     index: ItemIndex
     ranker: LinearRanker | None
     items: ItemFeatureTable
     scorer: MenuScorer | None = field(init=False, default=None, repr=False, compare=False)
+    plans: CandidatePlans = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.ranker is not None:  # computation once per version (no I/O)
             object.__setattr__(self, "scorer", MenuScorer(self.ranker, self.items, CONTEXT_VIEWS,
                                                           (HOUR, DAY_OF_WEEK), row_columns=(PRICE,)))
+        object.__setattr__(self, "plans", CandidatePlans(self.index, self.scorer))
 
 
-def score_embeddings(index: ItemIndex, inputs: MenuInputs, keep_unknown: bool) -> tuple[Candidates, tuple[Filtered, ...]]:
+def score_embeddings(index: ItemIndex, inputs: MenuInputs, keep_unknown: bool,
+                     positions: np.ndarray | None = None) -> tuple[Candidates, tuple[Filtered, ...]]:
     """FAISS inner products of the user vector with exactly the candidate ids (O(n x dim)).
 
     Candidates the index does not hold (items the ALS model never saw: new or never clicked) get
@@ -232,7 +278,7 @@ def score_embeddings(index: ItemIndex, inputs: MenuInputs, keep_unknown: bool) -
     Otherwise (no ranker) they stay too, after every scored item, in the order of the precomputed
     candidate list (popularity): a new item is still shown, never silently dropped.
     """
-    result = index.score(inputs.user_vector, inputs.candidate_ids)
+    result = index.score(inputs.user_vector, inputs.candidate_ids, positions)
     ids, score = inputs.candidate_ids, result.scores.astype(np.float64)
     if keep_unknown or result.known.all():
         return Candidates(ids, score, score), ()
@@ -286,7 +332,7 @@ def candidate_columns(model: MenuModel, inputs: MenuInputs, candidates: Candidat
 
 
 def rank(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_ts: datetime,
-         explain: bool) -> Candidates:
+         explain: bool, rows: np.ndarray | None = None) -> Candidates:
     """Greedy scores: the ranker's logit (position fixed at 0), or, for a version without a ranker,
     the embedding score alone (explanation ``ranker_missing = 1``). Without ``explain`` the logit
     comes from the model's :class:`~recsys.serving.scoring.MenuScorer` (the same score, in parts);
@@ -298,7 +344,7 @@ def rank(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_t
     if not explain:
         score = model.scorer.score(
             candidates.ids, {**inputs.context, **request_columns(request_ts)}, request_ts.hour,
-            lambda columns, rows: candidate_columns(model, inputs, candidates, request_ts, columns, rows))
+            lambda columns, at: candidate_columns(model, inputs, candidates, request_ts, columns, at), rows)
         return Candidates(candidates.ids, score, candidates.embedding_score)
     X = model.ranker.features_from_rows(feature_rows(model.items, inputs, candidates, request_ts), serving=True)
     score = model.ranker.score(X)
@@ -325,8 +371,10 @@ def drop_unavailable(candidates: Candidates, realtime: Realtime | None) -> tuple
 def rank_menu_candidates(inputs: MenuInputs, model: MenuModel, request_ts: datetime,
                          explain: bool = False) -> tuple[Candidates, tuple[Filtered, ...]]:
     """Stages 3-5 (inputs already checked by :func:`menu_fallback_reason`)."""
-    scored, not_indexed = score_embeddings(model.index, inputs, keep_unknown=model.ranker is not None)
-    ranked = rank(model, inputs, scored, request_ts, explain)
+    plan = model.plans.get(inputs.candidate_ids)
+    scored, not_indexed = score_embeddings(model.index, inputs, keep_unknown=model.ranker is not None,
+                                           positions=plan.positions)
+    ranked = rank(model, inputs, scored, request_ts, explain, plan.rows)
     available, unavailable = drop_unavailable(ranked, inputs.realtime)
     return available, not_indexed + unavailable
 
