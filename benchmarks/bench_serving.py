@@ -1,6 +1,6 @@
 """RecommendItems on the model path against two baselines measured in the same run.
 
-Servers, each in its own process, loaded by the same generator (``bench_serving_echo.measure``:
+Servers, each in its own process, loaded by the same generator (``bench_serving_echo.Server.load``:
 client processes x threads, closed loop, loopback):
 
 - ``echo``: the bare gRPC echo server (a pre-serialized answer of the same size);
@@ -21,10 +21,13 @@ Online store: a redis-server of the benchmark's own when one is on PATH, else SQ
 Memory: peak RSS of the model server vs the raw bytes of the item index (N x 64 float32), the user
 embeddings and the item feature table.
 
-Rounds: every server is measured ``--rounds`` times, interleaved (echo, floor, model, model_fsync,
-then again); each number is the median over rounds and each ratio the median of per-round ratios.
+Rounds: per catalog, the four servers are started once and loaded in turn ``--rounds`` times, the
+order rotated each round, so the runs a ratio pairs are seconds apart (on this shared machine a
+server's CPU time per request moved by 15% between runs a minute apart). Each number is the median
+over rounds, each ratio the median of per-round ratios. ``server_cpu_ms`` is the server process's
+CPU time per request, which does not count time spent waiting for a core.
 
-    python benchmarks/bench_serving.py [--requests 1000 --procs 2 --threads 4 --rounds 3]
+    python -m benchmarks.bench_serving [--requests 300 --procs 2 --threads 4 --rounds 8]
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from benchmarks.bench_serving_echo import _echo_server, measure, response_bytes, serve_until_stopped  # noqa: E402
+from benchmarks.bench_serving_echo import Server, _echo_server, response_bytes, serve_until_stopped  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from recsys.testing import free_port  # noqa: E402
 
@@ -188,12 +191,12 @@ def _redis(directory: Path) -> tuple[str, subprocess.Popen | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000, help="measured calls per client process")
+    parser.add_argument("--requests", type=int, default=300, help="measured calls per client process and round")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--server-threads", type=int, default=8)
     parser.add_argument("--catalogs", type=int, nargs="+", default=[10_000, 1_000_000])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds; medians are reported")
     args = parser.parse_args(argv)
     load = dict(requests=args.requests, procs=args.procs, threads=args.threads)
     from rich.console import Console
@@ -223,23 +226,27 @@ def main(argv: list[str] | None = None) -> int:
                 registry.version_dir(source) / "embeddings/user_embedding.parquet")["user_id"][0])
             payload = pb.RecommendItemsRequest(user_id=str(user), restaurant_id="1", k=K).SerializeToString()
             rounds: dict[str, list[dict]] = {}
-
-            def run(name: str, target, server_args: tuple) -> None:
-                rounds.setdefault(name, []).append(measure(target, server_args, payload, **load))
-
+            servers: dict[str, dict] = {}
             versions = {n: synthetic_version(config, source, n) for n in args.catalogs}
             common = (str(config.data_dir), online, project)
-            # Interleaved rounds: each round measures the baselines and the model back to back, so a
-            # burst of load from elsewhere on this shared machine hits one round, not one server.
-            for r in range(args.rounds):
-                run("echo", _echo_server, (K, args.server_threads))
-                for n, version in versions.items():
-                    registry.promote(version, "benchmark", publish=lambda v: publish_version(config, v))
-                    run(f"floor_{n}", _floor_server, (*common, args.server_threads))
-                    run(f"model_{n}", _model_server, (*common, str(tmp / f"log-{n}-{r}"), args.server_threads,
-                                                      False))
-                    run(f"model_fsync_{n}", _model_server, (*common, str(tmp / f"logf-{n}-{r}"),
-                                                            args.server_threads, True))
+            for n, version in versions.items():
+                registry.promote(version, "benchmark", publish=lambda v: publish_version(config, v))
+                group = {f"echo_{n}": Server(_echo_server, (K, args.server_threads)),
+                         f"floor_{n}": Server(_floor_server, (*common, args.server_threads)),
+                         f"model_{n}": Server(_model_server, (*common, str(tmp / f"log-{n}"), args.server_threads,
+                                                              False)),
+                         f"model_fsync_{n}": Server(_model_server, (*common, str(tmp / f"logf-{n}"),
+                                                                    args.server_threads, True))}
+                for server in group.values():
+                    server.start()
+                # Every server of the catalog is up (idle ones cost nothing) and they are loaded in
+                # turn, the order rotated each round: a burst of load from elsewhere on this shared
+                # machine hits one short run, and each ratio pairs runs seconds apart.
+                names = list(group)
+                for r in range(args.rounds):
+                    for name in names[r % len(names):] + names[:r % len(names)]:
+                        rounds.setdefault(name, []).append(group[name].load(payload, **load))
+                servers.update({name: server.stop() for name, server in group.items()})
         finally:
             if redis_proc is not None:
                 redis_proc.terminate()
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = ("p50_ms", "p99_ms", "throughput_rps", "server_cpu_ms")
     # Each server's numbers: the median over rounds (per metric); the full rounds are kept too.
     results = {name: {**runs[0], **{m: float(np.median([x[m] for x in runs])) for m in metrics},
-                      "rounds": [{m: x[m] for m in metrics} for x in runs]}
+                      "rounds": [{m: x[m] for m in metrics} for x in runs], "server": servers[name]}
                for name, runs in rounds.items()}
 
     def ratio(a: str, b: str) -> dict:
@@ -262,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.catalogs:
         ratios[f"model_{n}_vs_floor"] = ratio(f"model_{n}", f"floor_{n}")
         ratios[f"model_fsync_{n}_vs_floor"] = ratio(f"model_fsync_{n}", f"floor_{n}")
-        ratios[f"model_{n}_vs_echo"] = ratio(f"model_{n}", "echo")
-        ratios[f"floor_{n}_vs_echo"] = ratio(f"floor_{n}", "echo")
+        ratios[f"model_{n}_vs_echo"] = ratio(f"model_{n}", f"echo_{n}")
+        ratios[f"floor_{n}_vs_echo"] = ratio(f"floor_{n}", f"echo_{n}")
     if len(args.catalogs) == 2:
         small, large = args.catalogs
         ratios["p50_catalog_large_vs_small"] = {

@@ -135,39 +135,58 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Server:
+    """A server process, started once (``server_target(ready, stop, *server_args)``) and loaded
+    any number of times by :meth:`load`; :meth:`stop` returns what it reports on the way out."""
+
+    def __init__(self, server_target, server_args: tuple):
+        self._ctx = mp.get_context("spawn")
+        self._ready, self._stop = self._ctx.Queue(), self._ctx.Event()
+        self._process = self._ctx.Process(target=server_target, args=(self._ready, self._stop, *server_args))
+        self.port = self.pid = None
+
+    def start(self) -> "Server":
+        self._process.start()
+        self.port, self.pid = self._ready.get(timeout=300)
+        return self
+
+    def load(self, payload: bytes, *, requests: int, procs: int, threads: int, warmup: int = 100) -> dict:
+        """One closed-loop run: ``procs`` client processes x ``threads`` threads, ``requests`` calls
+        per process after ``warmup``. Besides latency and throughput: the server's CPU time per
+        measured request (``server_cpu_ms``), read from /proc around the measured calls; it does
+        not count time spent waiting for a core."""
+        barrier, out = self._ctx.Barrier(procs + 1), self._ctx.Queue()  # the loaders after warm-up, and us
+        loaders = [self._ctx.Process(target=_load, args=(f"127.0.0.1:{self.port}", payload, requests, threads, warmup,
+                                                         barrier, out))
+                   for _ in range(procs)]
+        for p in loaders:
+            p.start()
+        barrier.wait()
+        cpu_start = cpu_seconds(self.pid)
+        results = [out.get(timeout=600) for _ in loaders]
+        cpu = cpu_seconds(self.pid) - cpu_start
+        for p in loaders:
+            p.join()
+        lat = np.concatenate([r[0] for r in results])
+        wall = max(r[2] for r in results) - min(r[1] for r in results)
+        return {"requests": int(lat.size), "p50_ms": float(np.percentile(lat, 50) * 1e3),
+                "p99_ms": float(np.percentile(lat, 99) * 1e3), "mean_ms": float(lat.mean() * 1e3),
+                "throughput_rps": float(lat.size / wall), "wall_seconds": wall,
+                "server_cpu_ms": cpu / lat.size * 1e3}
+
+    def stop(self) -> dict:
+        self._stop.set()
+        stats = self._ready.get(timeout=60)
+        self._process.join()
+        return stats if isinstance(stats, dict) else {"peak_rss_mb": stats}
+
+
 def measure(server_target, server_args: tuple, payload: bytes, *, requests: int, procs: int, threads: int,
             warmup: int = 100) -> dict:
-    """Start ``server_target(ready, stop, *server_args)`` in a process and load it; return the numbers.
-
-    Besides latency and throughput: the server process's CPU time per measured request
-    (``server_cpu_ms``), read from /proc around the measured calls. On a shared 2-core machine it
-    moves far less than latency does, since it does not count time spent waiting for a core."""
-    ctx = mp.get_context("spawn")
-    ready, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=server_target, args=(ready, stop, *server_args))
-    server.start()
-    port, pid = ready.get(timeout=120)
-    barrier, out = ctx.Barrier(procs + 1), ctx.Queue()  # the loaders, after their warm-up, and this process
-    loaders = [ctx.Process(target=_load, args=(f"127.0.0.1:{port}", payload, requests, threads, warmup, barrier, out))
-               for _ in range(procs)]
-    for p in loaders:
-        p.start()
-    barrier.wait()
-    cpu_start = cpu_seconds(pid)
-    results = [out.get(timeout=600) for _ in loaders]
-    cpu = cpu_seconds(pid) - cpu_start
-    for p in loaders:
-        p.join()
-    stop.set()
-    server_stats = ready.get(timeout=60)
-    server.join()
-    lat = np.concatenate([r[0] for r in results])
-    wall = max(r[2] for r in results) - min(r[1] for r in results)
-    return {"requests": int(lat.size), "p50_ms": float(np.percentile(lat, 50) * 1e3),
-            "p99_ms": float(np.percentile(lat, 99) * 1e3), "mean_ms": float(lat.mean() * 1e3),
-            "throughput_rps": float(lat.size / wall), "wall_seconds": wall,
-            "server_cpu_ms": cpu / lat.size * 1e3,
-            "server": server_stats if isinstance(server_stats, dict) else {"peak_rss_mb": server_stats}}
+    """Start a server, load it once (:meth:`Server.load`), stop it; the numbers and its report."""
+    server = Server(server_target, server_args).start()
+    result = server.load(payload, requests=requests, procs=procs, threads=threads, warmup=warmup)
+    return {**result, "server": server.stop()}
 
 
 def _tiny_world(directory: Path) -> None:

@@ -80,8 +80,11 @@ def arm_of(record: Mapping[str, Any]) -> str:
     return record.get("arm", CONTROL)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once, not per record
+
+
 def encode(record: dict) -> bytes:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(record).encode()
 
 
 def decode(payload: bytes) -> dict[str, Any]:
