@@ -235,8 +235,31 @@ def kept_sizes(users: list[int]) -> list[dict]:
     if not path.exists():
         return []
     earlier = json.loads(path.read_text()).get("sizes", [])
-    return [{"summary": summary(s["runs"]), "runs": s["runs"]} for s in earlier
+    kept = [[rethreshold(r) for r in s["runs"]] for s in earlier
             if s["summary"]["users"] not in users and s["summary"].get("statistic") == CHOICE_LLR]
+    return [{"summary": summary(runs), "runs": runs} for runs in kept]
+
+
+def rethreshold(run: dict) -> dict:
+    """An earlier run's alerts at this run's threshold, from the z values it kept (the default
+    threshold may have moved since; PSI/KS alerts are kept as they were)."""
+    def check_alerts(c: dict) -> dict:
+        surprise = bool(c["checked"] and c["z"] > THRESHOLDS.surprise_z)
+        return {**c, "surprise_alert": surprise, "alert": surprise or bool(c["psi_ks_alerts"]),
+                "alert_sampling": bool(c["checked"] and c["z_sampling"] > THRESHOLDS.surprise_z)}
+
+    out = dict(run)
+    checks = [check_alerts(c) for c in run["drift"]["checks"]]
+    after = [c for c in checks if c["k"] >= DRIFT_DAY]
+    first = next((c for c in after if c["alert"]), None)
+    out["drift"] = {**run["drift"], "checks": checks, "alert_day_d": after[0]["alert"],
+                    "alert_day_d_plus_1": after[1]["alert"],
+                    "detection_day_minus_d": first["k"] - DRIFT_DAY if first else None,
+                    "false_alerts_before_d": sum(c["alert"] for c in checks if c["k"] < DRIFT_DAY)}
+    if "none" in run:
+        none = [check_alerts(c) for c in run["none"]["checks"]]
+        out["none"] = {**run["none"], "checks": none, "false_alerts": sum(c["alert"] for c in none)}
+    return out
 
 
 def main() -> None:
