@@ -92,7 +92,7 @@ class LastKnownGood:
     def put(self, key: tuple, version: str, candidates: Candidates) -> None:
         if self.capacity <= 0:
             return
-        stripped = replace(candidates, explanation=None)
+        stripped = candidates if candidates.explanation is None else replace(candidates, explanation=None)
         with self._lock:
             self._data[key] = (version, stripped)
             self._data.move_to_end(key)

@@ -109,7 +109,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             now = datetime.now(timezone.utc)
             feedback = convert.feedback_events(request, self.settings, now)
             self._append(call, [events.feedback_record(f, now) for f in feedback])
-            self.metrics.events.labels(type=events.FEEDBACK).inc(len(feedback))
+            self.metrics.child(self.metrics.events, type=events.FEEDBACK).inc(len(feedback))
             call.fields["events"] = len(feedback)
             return pb.LogFeedbackResponse(accepted=len(feedback))
         return self._handle("LogFeedback", context, run)
@@ -130,7 +130,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _serve(self, call: _Call, req, ranked: RankedList) -> pb.RecommendResponse:
         served_at = datetime.now(timezone.utc)
         self._append(call, [events.served_record(req, ranked, served_at)])
-        self.metrics.events.labels(type=events.SERVED).inc()
+        self.metrics.child(self.metrics.events, type=events.SERVED).inc()
         if ranked.feature_sample is not None:
             self.samples.submit(ranked.request_id, ranked.feature_sample, served_at)
         if ranked.degraded:
@@ -180,7 +180,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 message = f"internal error (request_id={call.request_id})"
         finally:
             seconds = time.perf_counter() - started
-            self.metrics.latency.labels(method=method).observe(seconds)
+            self.metrics.child(self.metrics.latency, method=method).observe(seconds)
             if code is not grpc.StatusCode.OK:
                 self.metrics.errors.labels(method=method, code=code.name).inc()
             logger.info("rpc", extra={"fields": {"method": method, "request_id": call.request_id,
