@@ -22,6 +22,7 @@ equal the full design's. Explanations (per-feature contributions) still use the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import math
@@ -152,7 +153,8 @@ class _ContextPart:
 
 
 class MenuScorer:
-    """``score(candidate_ids, context, hour, candidate_rows)`` == the ranker's score of the full rows.
+    """``score(prepare(candidate_ids), context, hour, candidate_rows)`` == the ranker's score of the
+    full rows.
 
     Built once per model version (computation, no I/O): the item parts for every item of
     ``items`` and for an unknown item, by hour band (the distinct patterns of the crosses' hour
@@ -193,26 +195,36 @@ class MenuScorer:
         at = np.minimum(np.searchsorted(self.item_ids, candidate_ids), n - 1)
         return np.where(self.item_ids[at] == candidate_ids, at + 1, 0)
 
-    def item_values(self, column: str, rows: np.ndarray) -> np.ndarray:
-        """``column`` (one of ``row_columns``) at table ``rows``: NaN for unknown items and columns."""
-        values = self.row_values.get(column)
-        return np.full(len(rows), np.nan) if values is None else values[rows]
+    def prepare(self, candidate_ids: np.ndarray) -> Prepared:
+        """What the score of a candidate list needs besides the request (cacheable per list)."""
+        rows = self.rows_of(np.asarray(candidate_ids, dtype=np.int64))
+        base = self.item_part[rows, None] + self.item_hour_part[rows] + self.bias
+        return Prepared(rows, base, {c: v[rows] for c, v in self.row_values.items()})
 
-    def score(self, candidate_ids: np.ndarray, context: Mapping[str, Any], hour: int,
-              candidate_rows: Callable[[tuple[str, ...], np.ndarray], Mapping[str, np.ndarray]],
-              rows: np.ndarray | None = None) -> np.ndarray:
-        """Logits of the candidates. ``context``: scalars by column (user, restaurant, request time);
-        ``candidate_rows(columns, rows)``: the per-candidate columns asked for (only called if
-        needed), given the candidates' table rows (for :meth:`item_values`); ``rows``:
-        ``self.rows_of(candidate_ids)``, when the caller has it already."""
-        if rows is None:
-            rows = self.rows_of(np.asarray(candidate_ids, dtype=np.int64))
-        score = self.item_part[rows] + self.item_hour_part[rows, self.band_of_hour[hour]] + self.bias
-        if self.context:
-            score += self.context(context)
+    def score(self, prepared: Prepared, context: Mapping[str, Any], hour: int,
+              candidate_rows: Callable[[tuple[str, ...], Prepared], Mapping[str, np.ndarray]]) -> np.ndarray:
+        """Logits of the candidates :meth:`prepare` d. ``context``: scalars by column (user,
+        restaurant, request time); ``candidate_rows(columns, prepared)``: the per-candidate columns
+        asked for (only called if needed)."""
+        score = prepared.base[:, self.band_of_hour[hour]] + (self.context(context) if self.context else 0.0)
         if self.candidate:
-            score += self.candidate(candidate_rows(self.candidate_columns, rows), len(rows))
+            score += self.candidate(candidate_rows(self.candidate_columns, prepared), len(score))
         return score
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A candidate list as :class:`MenuScorer` sees it: each item's row in its tables, the item
+    parts of its logit per hour band (bias included), and the values of its ``row_columns``."""
+
+    rows: np.ndarray  # (n,)
+    base: np.ndarray  # (n, hour bands)
+    values: Mapping[str, np.ndarray]
+
+    def value(self, column: str) -> np.ndarray:
+        """An item column's values (NaN for items the table lacks, or a column it does not hold)."""
+        got = self.values.get(column)
+        return np.full(len(self.rows), np.nan) if got is None else got
 
 
 def _with_unknown(items: ItemFeatureTable) -> dict[str, np.ndarray]:

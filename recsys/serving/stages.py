@@ -50,7 +50,7 @@ from recsys.ranking.index import ItemIndex
 from recsys.ranking.ranker import ALS_SCORE, HOUR, LinearRanker
 from recsys.serving.domain import Entry, Filtered, RankedList
 from recsys.serving.item_features import ItemFeatureTable
-from recsys.serving.scoring import MenuScorer
+from recsys.serving.scoring import MenuScorer, Prepared
 
 # ---- the Feast names this path reads ----
 USER_VECTOR, USER_VERSION = "user_embedding__embedding", "user_embedding__model_version"
@@ -216,7 +216,7 @@ class CandidatePlan:
     FAISS index (-1: not indexed) and in the scorer's item tables (None without a ranker)."""
 
     positions: np.ndarray
-    rows: np.ndarray | None
+    prepared: Prepared | None
 
 
 class CandidatePlans:
@@ -237,7 +237,7 @@ class CandidatePlans:
         key = ids.tobytes()
         plan = self._plans.get(key)
         if plan is None:
-            plan = CandidatePlan(self.index.positions(ids), self.scorer.rows_of(ids) if self.scorer else None)
+            plan = CandidatePlan(self.index.positions(ids), self.scorer.prepare(ids) if self.scorer else None)
             with self._lock:
                 while len(self._plans) >= self.capacity > 0:
                     self._plans.pop(next(iter(self._plans)))
@@ -320,19 +320,19 @@ def feature_rows(items: ItemFeatureTable, inputs: MenuInputs, candidates: Candid
 
 
 def candidate_columns(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_ts: datetime,
-                      columns: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+                      columns: Sequence[str], prepared: Prepared) -> dict[str, np.ndarray]:
     """Only ``columns`` of :func:`feature_rows` (the scorer's per-candidate part asks for these);
-    ``rows``: the candidates' rows in the scorer's item tables."""
+    ``prepared``: the candidates as the scorer prepared them (their item prices)."""
     if set(columns) <= {ALS_SCORE, PRICE_VS_BASKET}:
         out: dict[str, np.ndarray] = {ALS_SCORE: candidates.embedding_score}
         if PRICE_VS_BASKET in columns:
-            out[PRICE_VS_BASKET] = price_vs_basket(model.scorer.item_values(PRICE, rows), inputs.context.get(BASKET))
+            out[PRICE_VS_BASKET] = price_vs_basket(prepared.value(PRICE), inputs.context.get(BASKET))
         return out
     return feature_rows(model.items, inputs, candidates, request_ts)
 
 
 def rank(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_ts: datetime,
-         explain: bool, rows: np.ndarray | None = None) -> Candidates:
+         explain: bool, prepared: Prepared | None = None) -> Candidates:
     """Greedy scores: the ranker's logit (position fixed at 0), or, for a version without a ranker,
     the embedding score alone (explanation ``ranker_missing = 1``). Without ``explain`` the logit
     comes from the model's :class:`~recsys.serving.scoring.MenuScorer` (the same score, in parts);
@@ -343,8 +343,8 @@ def rank(model: MenuModel, inputs: MenuInputs, candidates: Candidates, request_t
         return replace(candidates, explanation=expl)
     if not explain:
         score = model.scorer.score(
-            candidates.ids, {**inputs.context, **request_columns(request_ts)}, request_ts.hour,
-            lambda columns, at: candidate_columns(model, inputs, candidates, request_ts, columns, at), rows)
+            prepared or model.scorer.prepare(candidates.ids), {**inputs.context, **request_columns(request_ts)},
+            request_ts.hour, lambda columns, p: candidate_columns(model, inputs, candidates, request_ts, columns, p))
         return Candidates(candidates.ids, score, candidates.embedding_score)
     X = model.ranker.features_from_rows(feature_rows(model.items, inputs, candidates, request_ts), serving=True)
     score = model.ranker.score(X)
@@ -374,7 +374,7 @@ def rank_menu_candidates(inputs: MenuInputs, model: MenuModel, request_ts: datet
     plan = model.plans.get(inputs.candidate_ids)
     scored, not_indexed = score_embeddings(model.index, inputs, keep_unknown=model.ranker is not None,
                                            positions=plan.positions)
-    ranked = rank(model, inputs, scored, request_ts, explain, plan.rows)
+    ranked = rank(model, inputs, scored, request_ts, explain, plan.prepared)
     available, unavailable = drop_unavailable(ranked, inputs.realtime)
     return available, not_indexed + unavailable
 
@@ -395,16 +395,18 @@ def present(candidates: Candidates, filters: tuple[Filtered, ...], request, expl
     shown = explore_top(candidates.score, candidates.ids, exploration.epsilon,
                         RequestDraws(exploration.seed, request.request_id), request.k)
     # Python scalars once per list (tolist), not a numpy scalar conversion per field and entry.
-    rows = enumerate(zip(shown.index.tolist(), candidates.ids[shown.index].tolist(),
-                         candidates.score[shown.index].tolist(), shown.propensity.tolist(), shown.greedy_rank.tolist()))
+    shown_fields = zip(candidates.ids[shown.index].tolist(), candidates.score[shown.index].tolist(),
+                       shown.propensity.tolist())
     if not request.explain:
-        entries = tuple(Entry(str(id_), score, position, p, _EMPTY) for position, (_, id_, score, p, _) in rows)
+        entries = tuple(Entry(str(id_), score, position, p, _EMPTY)
+                        for position, (id_, score, p) in enumerate(shown_fields))
     else:
         entries = tuple(
             Entry(str(id_), score, position, p, MappingProxyType({
                 **(candidates.explanation[i] if candidates.explanation else {}),
                 "greedy_rank": float(greedy), "explored": float(shown.explored)}))
-            for position, (i, id_, score, p, greedy) in rows)
+            for position, ((id_, score, p), i, greedy) in enumerate(zip(shown_fields, shown.index.tolist(),
+                                                                        shown.greedy_rank.tolist())))
     return RankedList(request_id=request.request_id, model_version=policy, entries=entries, degraded=degraded,
                       degraded_reason=reason, filters=filters, n_candidates=len(candidates.ids))
 

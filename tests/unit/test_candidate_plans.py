@@ -27,7 +27,8 @@ def test_a_plan_equals_the_index_and_table_lookups_cached_or_not():
     for ids in lists + lists:  # the second pass is served from the cache
         plan = plans.get(ids)
         np.testing.assert_array_equal(plan.positions, index.positions(ids))
-        np.testing.assert_array_equal(plan.rows, scorer.rows_of(ids))
+        np.testing.assert_array_equal(plan.prepared.rows, scorer.rows_of(ids))
+        np.testing.assert_array_equal(plan.prepared.base, scorer.prepare(ids).base)
         assert (plan.positions[ids % 3 != 0] == -1).all()
     assert len(plans) == len(lists)
     assert plans.get(lists[0].copy()) is plans.get(lists[0])  # keyed by the ids, not the array
@@ -39,7 +40,7 @@ def test_the_cache_keeps_its_capacity_oldest_out_first_and_zero_keeps_none():
     first = plans.get(lists[0])
     plans.get(lists[1])
     plans.get(lists[2])
-    assert len(plans) == 2 and plans.get(lists[2]).rows is None
+    assert len(plans) == 2 and plans.get(lists[2]).prepared is None
     assert plans.get(lists[0]) is not first  # evicted, computed again
     none = CandidatePlans(index, scorer, capacity=0)
     none.get(lists[0])

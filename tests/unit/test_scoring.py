@@ -74,12 +74,12 @@ def test_scores_in_parts_equal_the_full_design(seed):
                 ALS_SCORE: als, PRICE_VS_BASKET: pvb, "position": np.full(20, 3.0)}
         asked = []
 
-        def candidate_rows(columns, rows):
+        def candidate_rows(columns, prepared):
             asked.append(columns)
-            np.testing.assert_array_equal(scorer.item_values(PRICE, rows), items.rows(ids)[PRICE])
+            np.testing.assert_array_equal(prepared.value(PRICE), items.rows(ids)[PRICE])
             return {ALS_SCORE: als, PRICE_VS_BASKET: pvb}
 
-        got = scorer.score(ids, context, hour, candidate_rows)
+        got = scorer.score(scorer.prepare(ids), context, hour, candidate_rows)
         np.testing.assert_allclose(got, ranker.score_rows(full, serving=True), rtol=0, atol=1e-9)
         assert asked == [(ALS_SCORE, PRICE_VS_BASKET)]
 
@@ -89,5 +89,5 @@ def test_an_empty_item_table_scores_every_item_as_unknown():
     scorer = MenuScorer(ranker, ItemFeatureTable(), CONTEXT_VIEWS, (HOUR, DAY_OF_WEEK))
     ids = np.array([3, 4], dtype=np.int64)
     rows = {ALS_SCORE: np.array([0.1, 0.2]), PRICE_VS_BASKET: np.array([1.0, 2.0])}
-    got = scorer.score(ids, {HOUR: 5.0}, 5, lambda columns, _: rows)
+    got = scorer.score(scorer.prepare(ids), {HOUR: 5.0}, 5, lambda columns, _: rows)
     np.testing.assert_allclose(got, ranker.score_rows({**rows, HOUR: np.full(2, 5.0)}), atol=1e-9)
