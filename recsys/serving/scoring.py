@@ -90,8 +90,8 @@ class _ColumnPart:
             if f.kind == "missing":
                 total += c * null
             else:
-                total += c * apply_transform(np.full(n, float(f.default)) if x is None else np.where(null, f.default, x),
-                                       f.transform)
+                filled = np.full(n, float(f.default)) if x is None else np.where(null, f.default, x)
+                total += c * apply_transform(filled, f.transform)
         return total
 
 
