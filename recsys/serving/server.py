@@ -138,7 +138,11 @@ def serve(config, settings: ServingConfig | None = None, *, worker: int = 0, rec
     logger.info("serving", extra={"fields": {"address": f"{settings.host}:{port}", "metrics_port": metrics_port,
                                              "event_log": str(event_log.directory),
                                              "model_version": recommender.model_info().get("model_version")}})
-    stop.wait()
+    # Not a bare stop.wait(): Python runs signal handlers in the main thread only, and a signal the
+    # kernel delivers to another thread (gRPC's) does not wake a main thread blocked on a lock, so
+    # SIGTERM could go unhandled for good (seen once in CI: a worker serving on after SIGTERM).
+    while not stop.wait(timeout=0.5):
+        pass
     logger.info("stopping", extra={"fields": {"grace_seconds": settings.grace_seconds}})
     health_servicer.enter_graceful_shutdown()
     server.stop(settings.grace_seconds).wait()
