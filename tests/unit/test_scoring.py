@@ -30,6 +30,7 @@ FEATURES = [
     Feature("als:is_missing", "als", "missing", ALS_SCORE),
     Feature("pvb:log", "price_vs_basket", "numeric", PRICE_VS_BASKET, "log", 1.0),
     Feature("position=1", "position", "position", "position", value=1),
+    Feature("position=0", "position", "position", "position", value=0),  # on at serving: a constant
 ]
 
 
@@ -52,7 +53,7 @@ def _items(n: int, rng) -> ItemFeatureTable:
 def test_each_feature_is_assigned_the_part_its_columns_imply():
     parts = [part_of(f, CONTEXT_VIEWS, (HOUR, DAY_OF_WEEK)) for f in FEATURES]
     assert parts == [ITEM, ITEM, ITEM, ITEM, ITEM_HOUR, ITEM_HOUR, ITEM_HOUR, CONTEXT, CONTEXT, CONTEXT, CONTEXT,
-                     CONTEXT, CANDIDATE, CANDIDATE, CANDIDATE, CONTEXT]
+                     CONTEXT, CANDIDATE, CANDIDATE, CANDIDATE, CONTEXT, CONTEXT]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
